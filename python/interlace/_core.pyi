@@ -1,0 +1,53 @@
+"""Typed boundary of the compiled core (``interlace._core``). Users never import it.
+
+Conventions: arrays in are float64 (matrices Fortran-ordered) and int32 level codes, validated in
+Python before they get here; arrays out are fresh (moved out of Rust, never aliased).
+
+Random-effects terms are given in lme4's order (sorted by number of levels, descending). Term k
+has ``n_levels[k]`` levels, ``q_k = z[k].shape[1]`` columns and a lower-triangular relative
+covariance factor λ_k whose lower triangle, column-major, is that term's slice of θ
+(q_k (q_k + 1) / 2 entries; lower bound 0 on the diagonal, -inf elsewhere; lme4's start:
+1 on the diagonal, 0 elsewhere).
+"""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+class Model:
+    """The blocked crossproduct of [Z X y], formed once; the factor L(θ) updated per θ."""
+
+    def __init__(
+        self,
+        y: npt.NDArray[np.float64],
+        x: npt.NDArray[np.float64],
+        codes: list[npt.NDArray[np.int32]],
+        z: list[npt.NDArray[np.float64]],
+        n_levels: list[int],
+        reml: bool,
+    ) -> None: ...
+    @property
+    def n_theta(self) -> int: ...
+    @property
+    def lower_bounds(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def theta_start(self) -> npt.NDArray[np.float64]: ...
+    def objective(self, theta: npt.NDArray[np.float64]) -> float:
+        """REML criterion (reml=True) or deviance, -2 log-likelihood, profiled over β and σ."""
+    def fit(
+        self,
+        theta0: npt.NDArray[np.float64] | None = None,
+        rho_begin: float = 0.2,
+        rho_end: float = 1e-7,
+        max_evals: int = 0,
+    ) -> dict[str, Any]:
+        """Optimise θ (BOBYQA), then return :meth:`estimates` at the optimum plus the record:
+        ``n_evals`` (int), ``status`` (str), ``converged`` (bool), ``gradient`` (finite
+        differences of the objective at θ̂, (n_theta,))."""
+    def estimates(self, theta: npt.NDArray[np.float64]) -> dict[str, Any]:
+        """Everything at a given θ: ``theta`` (n_theta,), ``objective`` (float), ``beta`` (p,),
+        ``sigma`` (float), ``beta_cov`` (p, p), ``b`` (list per term of (n_levels, q) conditional
+        modes on the data scale), ``b_cond_cov`` (list per term of (n_levels, q, q) conditional
+        covariances, σ² Λ (Λ'Z'ZΛ + I)⁻¹ Λ' blocks as lme4's condVar), ``fitted`` (n,),
+        ``resid`` (n,)."""

@@ -1,0 +1,118 @@
+"""``interlace.fit``: the staged fit pipeline (lme4's lFormula → mkLmerDevfun → optimizeLmer →
+mkMerMod), one named stage per module:
+
+    formula.parse_formula   "(1 + x | g)" bars → term specifications
+    design.build_design     data → y, X, level codes, Z blocks, names (validated)
+    _core.Model             blocked crossproduct, L(θ), objective, BOBYQA (Rust)
+    results.LmmResult       arrays + names → a frozen, labelled result
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from interlace import _core
+from interlace.design import Design, build_design
+from interlace.exceptions import InputTypeError, InterlaceError, RankDeficiencyWarning
+from interlace.formula import parse_formula
+from interlace.results import LmmResult, fit_warnings
+
+__all__ = ["fit"]
+
+_METHODS = {"REML": True, "ML": False}
+
+
+def _core_model(design: Design, reml: bool) -> _core.Model:
+    """The compiled model for a design: arrays exactly as the core's boundary expects."""
+    return _core.Model(
+        np.ascontiguousarray(design.y, dtype=np.float64),
+        np.asfortranarray(design.x, dtype=np.float64),
+        [np.ascontiguousarray(t.codes, dtype=np.int32) for t in design.terms],
+        [np.asfortranarray(t.z, dtype=np.float64) for t in design.terms],
+        [int(t.n_levels) for t in design.terms],
+        reml,
+    )
+
+
+def _method_name(method: object) -> str:
+    if not isinstance(method, str):
+        raise InputTypeError(f"method must be 'REML' or 'ML', not {type(method).__name__}")
+    name = method.upper()
+    if name not in _METHODS:
+        raise InterlaceError(f"unknown method {method!r}: use 'REML' (the default) or 'ML'")
+    return name
+
+
+def fit(
+    formula: str,
+    data: object,
+    groups: str | Sequence[str] | None = None,
+    random: str | Sequence[str] | None = None,
+    method: str = "REML",
+    *,
+    start: Sequence[float] | None = None,
+    max_evals: int = 0,
+) -> LmmResult:
+    """Fit a linear mixed-effects model, as lme4's ``lmer`` does.
+
+    Parameters
+    ----------
+    formula : str
+        ``"response ~ fixed part"``; random-effects terms may be included in lme4's one-string
+        form, ``"rt ~ condition + (1 | subject) + (1 | item)"``.
+    data : pandas.DataFrame or polars.DataFrame
+        Rows with a missing value in any column the model uses are dropped (lme4's na.omit).
+    groups : str or list of str, optional
+        Grouping columns, each given a random intercept ``(1 | g)``: crossed, or nested where the
+        data nest.
+    random : list of str, optional
+        lme4 random-effects terms: ``"(1 | g)"``, ``"(1 + x | g)"``, ``"(x | g)"`` (implicit
+        intercept), ``"(0 + x | g)"``, ``"(x || g)"`` (uncorrelated), ``"(1 | a/b)"``,
+        ``"(1 | a:b)"``.
+    method : {"REML", "ML"}
+        Restricted (default) or full maximum likelihood.
+    start : sequence of float, optional
+        Starting θ (lme4's layout); lme4's start (1 on the diagonals, 0 elsewhere) by default.
+    max_evals : int, optional
+        Budget of objective evaluations for the optimiser (0: the default budget).
+
+    Returns
+    -------
+    LmmResult
+
+    Examples
+    --------
+    >>> import interlace
+    >>> df = interlace.datasets.load("reading_times")
+    >>> res = interlace.fit("rt ~ condition", data=df, groups=["subject", "item"])
+    >>> res.nobs == len(df.dropna())
+    True
+    >>> sorted(res.random_effects)
+    ['item', 'subject']
+    """
+    method_name = _method_name(method)
+    if not isinstance(formula, str):
+        raise InputTypeError(f"formula must be a string, not {type(formula).__name__}")
+    parsed = parse_formula(formula, groups=groups, random=random)
+    design = build_design(parsed, data)
+    for name in design.dropped_fixed:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient: column {name!r} is aliased with "
+            "earlier columns and was dropped",
+            RankDeficiencyWarning,
+            stacklevel=2,
+        )
+    model = _core_model(design, reml=_METHODS[method_name])
+    theta0 = None if start is None else np.asarray(start, dtype=np.float64)
+    if theta0 is not None and theta0.shape != (model.n_theta,):
+        raise InterlaceError(
+            f"start has {theta0.size} values; this model has {model.n_theta} covariance parameters"
+        )
+    core = model.fit(theta0, max_evals=int(max_evals))
+    result = LmmResult.from_core(design, core, method_name)
+    for category, message in fit_warnings(result):
+        warnings.warn(message, category, stacklevel=2)
+    return result

@@ -1,0 +1,628 @@
+"""Turn a parsed mixed-model formula and a data frame into validated arrays for the core.
+
+This is the model-frame stage of lme4's ``lFormula``: select the columns the model uses, drop
+incomplete rows (``na.omit``), build the fixed-effects matrix X with formulaic, drop aliased
+columns of X, and build one block per random-effects term — its model matrix Z, the integer
+codes of its grouping factor and the level labels. Every array leaves here float64 (Z and X in
+column-major order) or int32, finite and contiguous, so the compiled core can trust its inputs.
+Nothing here imports the compiled core.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula, ModelSpec, model_matrix
+from formulaic.parser.types import Factor
+from formulaic.transforms import TRANSFORMS
+
+from interlace.exceptions import DataError, FormulaError, InputTypeError
+from interlace.formula import ParsedFormula, RandomTermSpec, _formulaic_message, parse_formula
+
+__all__ = ["Design", "ReTerm", "build_design", "build_design_from"]
+
+# R's lm and lme4 call a column aliased when, after projecting out the columns before it, less
+# than this fraction of its norm is left (the tolerance of R's dqrdc2 QR, used by lm and by
+# lme4's rank check).
+ALIASING_TOLERANCE = 1e-7
+
+_BACKTICKED = re.compile(r"`([^`]*)`")
+
+
+@dataclass(frozen=True, eq=False)
+class ReTerm:
+    """One random-effects term, ready for the core.
+
+    Attributes
+    ----------
+    group : str
+        lme4's name of the grouping factor, e.g. ``"Subject"`` or ``"cask:batch"``.
+    factors : tuple of str
+        The grouping columns; their order defines the level labels of an interaction.
+    columns : tuple of str
+        Names of the columns of ``z`` as formulaic names them (``"Intercept"``, ``"Days"``,
+        ``"condition[T.B]"``).
+    levels : pandas.Index
+        The levels of the grouping factor, in code order. One factor keeps its own values
+        (integers stay integers); an interaction has string labels such as ``"a:A"``.
+    codes : numpy.ndarray
+        int32, shape (n,): the level of each observation, in ``0 .. n_levels - 1``.
+    z : numpy.ndarray
+        float64, shape (n, q), column-major: the term's model matrix.
+    spec : formulaic.ModelSpec
+        Rebuilds the term's model matrix on new data: ``spec.get_model_matrix(newdata)``
+        gives a frame whose columns include ``columns`` (a term split from ``||`` selects its
+        one column by name).
+    label : str
+        The term as lme4 would write it, e.g. ``"(1 + condition | subject)"``.
+    """
+
+    group: str
+    factors: tuple[str, ...]
+    columns: tuple[str, ...]
+    levels: pd.Index
+    codes: np.ndarray
+    z: np.ndarray
+    spec: ModelSpec
+    label: str
+
+    @property
+    def n_levels(self) -> int:
+        """Number of levels of the grouping factor."""
+        return len(self.levels)
+
+    @property
+    def q(self) -> int:
+        """Number of random effects per level (columns of ``z``)."""
+        return self.z.shape[1]
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """The arrays and names of a linear mixed model, validated for the core.
+
+    Attributes
+    ----------
+    response : str
+        Name of the response.
+    y : numpy.ndarray
+        float64, shape (n,): the response.
+    x : numpy.ndarray
+        float64, shape (n, p), column-major: the fixed-effects matrix, aliased columns removed.
+    fixed_names : tuple of str
+        Names of the columns of ``x`` as formulaic names them (``"Intercept"``,
+        ``"condition[T.B]"``, ``"recipe[T.B]:temp"``).
+    dropped_fixed : tuple of str
+        Aliased fixed-effects columns that were removed, left to right; the caller warns.
+    terms : tuple of ReTerm
+        The random-effects terms, sorted by number of levels, descending (stable, as lme4).
+    row_index : pandas.Index
+        Index labels of the rows of ``data`` used in the fit.
+    n_dropped : int
+        Number of rows dropped because a used column was missing.
+    nobs : int
+        Number of observations used.
+    frame : pandas.DataFrame
+        The used rows and the used columns of ``data``, indexed by ``row_index``.
+    formula : str
+        The model as one lme4 formula.
+    fixed_spec : formulaic.ModelSpec
+        The fixed part's spec: ``fixed_spec.get_model_matrix(newdata)`` rebuilds X on new data
+        with the same coding (before ``dropped_fixed`` are removed).
+    parsed : ParsedFormula
+        The parsed formula the design was built from.
+    """
+
+    response: str
+    y: np.ndarray
+    x: np.ndarray
+    fixed_names: tuple[str, ...]
+    dropped_fixed: tuple[str, ...]
+    terms: tuple[ReTerm, ...]
+    row_index: pd.Index
+    n_dropped: int
+    nobs: int
+    frame: pd.DataFrame
+    formula: str
+    fixed_spec: ModelSpec
+    parsed: ParsedFormula
+
+
+def build_design(parsed: ParsedFormula, data: object) -> Design:
+    """Build the validated arrays of a mixed model from a parsed formula and data.
+
+    Parameters
+    ----------
+    parsed : ParsedFormula
+        The output of :func:`interlace.formula.parse_formula`.
+    data : pandas.DataFrame or polars.DataFrame
+        The data; anything with a ``to_pandas()`` method is converted first.
+
+    Returns
+    -------
+    Design
+        Response, fixed-effects matrix, random-effects terms and their names.
+
+    Raises
+    ------
+    InputTypeError
+        ``data`` is not a data frame, or the response is not numeric.
+    DataError
+        A missing column, no complete rows, infinite values, or a grouping factor that cannot
+        support its random effect.
+    FormulaError
+        formulaic cannot evaluate the fixed part or a term's left-hand side.
+
+    Notes
+    -----
+    Rows with a missing value (None, NaN, pandas.NA, NaT) in any used column are dropped before
+    any matrix is built, as lme4's default ``na.action = na.omit``; unused categories are then
+    dropped, as R's ``drop.unused.levels``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from interlace.formula import parse_formula
+    >>> data = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.5], "g": ["a", "a", "b", "b"]})
+    >>> design = build_design(parse_formula("y ~ 1 + (1 | g)"), data)
+    >>> design.terms[0].levels.tolist(), design.terms[0].codes.tolist()
+    (['a', 'b'], [0, 0, 1, 1])
+    """
+    if not isinstance(parsed, ParsedFormula):
+        raise InputTypeError(
+            f"parsed must be a ParsedFormula (see parse_formula), got {type(parsed).__name__}"
+        )
+    data = _as_pandas(data)
+    used_columns = _used_columns(parsed, data)
+    frame, n_dropped = _complete_rows(data, used_columns)
+    _check_response_type(parsed.response, frame)
+    _check_no_infinite_values(frame)
+    nobs = len(frame)
+    # formulaic aligns on the index; a fresh RangeIndex avoids trouble with duplicate labels.
+    model_frame = frame.reset_index(drop=True)
+
+    y, x_full, fixed_spec = _fixed_part(parsed, model_frame)
+    full_names = tuple(str(name) for name in fixed_spec.column_names)
+    aliased = _aliased_columns(x_full)
+    kept = sorted(set(range(x_full.shape[1])) - set(aliased))
+    x = np.asfortranarray(x_full[:, kept], dtype=np.float64)
+
+    groupings: dict[tuple[str, ...], tuple[pd.Index, np.ndarray]] = {}
+    terms: list[ReTerm] = []
+    for spec in parsed.random_terms:
+        if spec.factors not in groupings:
+            groupings[spec.factors] = _grouping_factor(model_frame, spec)
+        levels, codes = groupings[spec.factors]
+        terms.extend(_random_terms(spec, model_frame, levels, codes))
+    for term in terms:
+        _check_identifiable(term, nobs)
+    # lme4 orders terms by number of levels, largest first; Python's sort is stable.
+    terms.sort(key=lambda term: -term.n_levels)
+
+    return Design(
+        response=parsed.response,
+        y=_read_only(y),
+        x=_read_only(x),
+        fixed_names=tuple(full_names[j] for j in kept),
+        dropped_fixed=tuple(full_names[j] for j in aliased),
+        terms=tuple(terms),
+        row_index=frame.index,
+        n_dropped=n_dropped,
+        nobs=nobs,
+        frame=frame,
+        formula=parsed.to_lme4(),
+        fixed_spec=fixed_spec,
+        parsed=parsed,
+    )
+
+
+def build_design_from(
+    formula: str,
+    data: object,
+    groups: str | Sequence[str] | None = None,
+    random: str | Sequence[str] | None = None,
+) -> Design:
+    """Parse a formula and build its design in one call.
+
+    Parameters
+    ----------
+    formula : str
+        As for :func:`interlace.formula.parse_formula`.
+    data : pandas.DataFrame or polars.DataFrame
+        The data.
+    groups, random : optional
+        As for :func:`interlace.formula.parse_formula`.
+
+    Returns
+    -------
+    Design
+        See :func:`build_design`.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> data = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.5], "g": [1, 1, 2, 2]})
+    >>> build_design_from("y ~ 1", data, groups="g").formula
+    'y ~ 1 + (1 | g)'
+    """
+    return build_design(parse_formula(formula, groups=groups, random=random), data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns and rows
+
+
+def _as_pandas(data: object) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    to_pandas = getattr(data, "to_pandas", None)
+    if callable(to_pandas):
+        converted = to_pandas()
+        if isinstance(converted, pd.DataFrame):
+            return converted
+    kind = type(data)
+    raise InputTypeError(
+        f"data must be a pandas or polars DataFrame, got {kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> list[str]:
+    """The data columns the model reads, in the order of ``data``; raise on a missing one."""
+    available = {str(column) for column in data.columns}
+    needed: list[str] = []
+    optional: set[str] = set()
+    texts = [parsed.fixed] + [spec.lhs for spec in parsed.random_terms]
+    for text in texts:
+        required_names, attribute_roots = _formula_variables(text)
+        needed.extend(required_names)
+        optional.update(attribute_roots)
+    for spec in parsed.random_terms:
+        needed.extend(spec.factors)
+
+    for name in needed:
+        if name not in available:
+            raise DataError(_missing_column_message(name, available))
+    wanted = set(needed) | (optional & available)
+    used = [column for column in data.columns if str(column) in wanted]
+    names = [str(column) for column in used]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise DataError(f"data has more than one column named '{duplicated[0]}'")
+    return used
+
+
+def _missing_column_message(name: str, available: Iterable[str]) -> str:
+    message = f"column '{name}' not found in data"
+    # Compare case-insensitively: difflib scores 'X' against 'x' as no match at all.
+    by_lower = {}
+    for candidate in sorted(available):
+        by_lower.setdefault(candidate.lower(), candidate)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    if close:
+        message += f" (did you mean '{by_lower[close[0]]}'?)"
+    return message
+
+
+def _formula_variables(text: str) -> tuple[list[str], set[str]]:
+    """Names a formula reads: those it needs as values, and roots of attribute chains.
+
+    ``np.log(x)`` needs ``x``; ``center(x)`` needs ``x`` (formulaic's own
+    ``required_variables`` misses arguments of stateful transforms); in ``a.fillna(0)`` the
+    root ``a`` is used when it is a column. Function names and formulaic's transform namespace
+    are not columns.
+    """
+    formula = Formula(text)
+    parts = [formula.lhs, formula.rhs] if hasattr(formula, "rhs") else [formula]
+    needed: list[str] = []
+    roots: set[str] = set()
+    for part in parts:
+        for term in part:
+            for factor in term.factors:
+                if factor.eval_method == Factor.EvalMethod.LOOKUP:
+                    needed.append(str(factor.expr))
+                elif factor.eval_method == Factor.EvalMethod.PYTHON:
+                    values, attribute_roots = _expression_names(str(factor.expr))
+                    needed.extend(values)
+                    roots.update(attribute_roots)
+    unique_needed = list(dict.fromkeys(needed))
+    return unique_needed, roots
+
+
+def _expression_names(expression: str) -> tuple[list[str], set[str]]:
+    """Split the names in a Python expression into values and attribute-chain roots."""
+    backticked: dict[str, str] = {}
+
+    def placeholder(match: re.Match[str]) -> str:
+        alias = f"_interlace_column_{len(backticked)}_"
+        backticked[alias] = match.group(1)
+        return alias
+
+    source = _BACKTICKED.sub(placeholder, expression)
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        # formulaic will report the syntax error with its own message.
+        return [], set()
+    parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    values: list[str] = []
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Name):
+            continue
+        name = backticked.get(node.id, node.id)
+        parent = parents.get(id(node))
+        if isinstance(parent, ast.Call) and parent.func is node:
+            continue
+        if isinstance(parent, ast.Attribute):
+            roots.add(name)
+        elif name not in TRANSFORMS and not hasattr(builtins, name):
+            values.append(name)
+    return values, roots
+
+
+def _complete_rows(data: pd.DataFrame, used_columns: list[str]) -> tuple[pd.DataFrame, int]:
+    """The used columns of the complete rows (lme4's na.omit), unused categories removed."""
+    if len(data) == 0:
+        raise DataError("data has no rows")
+    frame = data.loc[:, used_columns]
+    missing = frame.isna()
+    incomplete = missing.any(axis=1).to_numpy()
+    n_dropped = int(incomplete.sum())
+    if n_dropped == len(frame):
+        counts = missing.sum(axis=0).sort_values(ascending=False, kind="stable")
+        worst = ", ".join(
+            f"'{column}' ({count} of {len(frame)})" for column, count in counts.items() if count > 0
+        )
+        raise DataError(
+            "no rows left after dropping rows with missing values in the model's columns; "
+            f"missing values per column: {worst}"
+        )
+    frame = frame.loc[~incomplete].copy()
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].cat.remove_unused_categories()
+    return frame, n_dropped
+
+
+def _check_response_type(response: str, frame: pd.DataFrame) -> None:
+    """A response that is a plain column must be numeric (not bool, text or categorical)."""
+    if response not in frame.columns:
+        return  # an expression such as np.log(rt); its value is checked once evaluated
+    dtype = frame[response].dtype
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        raise InputTypeError(
+            f"response '{response}' must be numeric, got dtype '{dtype}'; a linear mixed "
+            "model needs a numeric response"
+        )
+    if pd.api.types.is_complex_dtype(dtype):
+        raise InputTypeError(f"response '{response}' must be real, got dtype '{dtype}'")
+
+
+def _check_no_infinite_values(frame: pd.DataFrame) -> None:
+    for column in frame.columns:
+        series = frame[column]
+        dtype = series.dtype
+        if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_float_dtype(dtype):
+            continue  # only floating-point columns can hold inf
+        values = series.to_numpy(dtype=np.float64)
+        n_infinite = int(np.isinf(values).sum())
+        if n_infinite:
+            raise DataError(
+                f"column '{column}' has {n_infinite} row{'s' if n_infinite != 1 else ''} with "
+                "infinite values; remove or recode them"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed part
+
+
+def _fixed_part(
+    parsed: ParsedFormula, model_frame: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, ModelSpec]:
+    """Evaluate the fixed formula: the response vector, the full X and X's spec."""
+    try:
+        # na_action="ignore": incomplete rows are already gone, and a value a transform turns
+        # into NaN (log of a negative number) must be reported, not silently dropped. numpy's
+        # warning about it is silenced because the DataError below says more.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            matrices = model_matrix(parsed.fixed, model_frame, na_action="ignore", context={})
+    except Exception as error:  # formulaic raises many types; all mean "cannot evaluate"
+        raise FormulaError(
+            f"fixed-effects formula '{parsed.fixed}' could not be evaluated: "
+            f"{_formulaic_message(error)}"
+        ) from error
+
+    response_frame = matrices.lhs
+    if response_frame.shape[1] != 1 or not all(
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+        for dtype in response_frame.dtypes
+    ):
+        raise InputTypeError(
+            f"response '{parsed.response}' must evaluate to one numeric column, got "
+            f"{response_frame.shape[1]} column(s): {list(map(str, response_frame.columns))}"
+        )
+    y = np.ascontiguousarray(response_frame.to_numpy(dtype=np.float64)[:, 0])
+    n_bad = int((~np.isfinite(y)).sum())
+    if n_bad:
+        raise DataError(
+            f"response '{parsed.response}' has {n_bad} non-finite value{'s' if n_bad != 1 else ''}"
+        )
+
+    fixed_frame = matrices.rhs
+    x = np.asfortranarray(fixed_frame.to_numpy(dtype=np.float64))
+    _check_finite_columns(x, fixed_frame.columns, "fixed-effects column")
+    return y, x, fixed_frame.model_spec
+
+
+def _aliased_columns(x: np.ndarray, tolerance: float = ALIASING_TOLERANCE) -> list[int]:
+    """Indices of the columns of ``x`` that are linear combinations of the columns before them.
+
+    Left to right, as R's lm: a column is aliased when its distance from the span of the kept
+    columns before it is at most ``tolerance`` times its own norm (an all-zero column is
+    aliased). In a Householder QR, ``|R[j, j]|`` is exactly that distance for every column up
+    to the first aliased one; after it the reflections would mix in noise, so the first
+    aliased column is removed and the QR repeated, as R's dqrdc2 moves it to the end. Aliasing
+    is rare once formulaic has coded the factors, so this is usually one QR.
+    """
+    n_rows = x.shape[0]
+    norms = np.linalg.norm(x, axis=0)
+    aliased = [j for j in range(x.shape[1]) if norms[j] == 0.0]
+    kept = [j for j in range(x.shape[1]) if norms[j] > 0.0]
+    while kept:
+        r = np.linalg.qr(x[:, kept], mode="r")
+        distances = np.abs(np.diagonal(r))
+        flagged = np.flatnonzero(distances <= tolerance * norms[kept][: len(distances)])
+        if flagged.size:
+            first = int(flagged[0])
+        elif len(kept) > n_rows:
+            first = n_rows  # n independent columns already span every column after them
+        else:
+            break
+        aliased.append(kept.pop(first))
+    return sorted(aliased)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-effects terms
+
+
+def _random_terms(
+    spec: RandomTermSpec, model_frame: pd.DataFrame, levels: pd.Index, codes: np.ndarray
+) -> list[ReTerm]:
+    """Build the term's Z; a ``||`` term becomes one scalar term per column of Z."""
+    try:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            lhs_frame = model_matrix(spec.lhs, model_frame, na_action="ignore", context={})
+    except Exception as error:  # formulaic raises many types; all mean "cannot evaluate"
+        raise FormulaError(
+            f"random-effects term '{spec.label}' could not be evaluated: "
+            f"{_formulaic_message(error)}"
+        ) from error
+    columns = tuple(str(column) for column in lhs_frame.columns)
+    if not columns:
+        raise FormulaError(f"random-effects term '{spec.label}' has no columns")
+    z = np.asfortranarray(lhs_frame.to_numpy(dtype=np.float64))
+    _check_finite_columns(z, columns, f"random-effects term {spec.label}, column")
+    model_spec = lhs_frame.model_spec
+    codes = _read_only(codes)
+
+    if not spec.uncorrelated:
+        label = f"({spec.lhs} | {spec.group})"
+        term = ReTerm(
+            group=spec.group,
+            factors=spec.factors,
+            columns=columns,
+            levels=levels,
+            codes=codes,
+            z=_read_only(z),
+            spec=model_spec,
+            label=label,
+        )
+        return [term]
+    parts = []
+    for j, column in enumerate(columns):
+        lhs = "1" if column == "Intercept" else f"0 + {column}"
+        parts.append(
+            ReTerm(
+                group=spec.group,
+                factors=spec.factors,
+                columns=(column,),
+                levels=levels,
+                codes=codes,
+                z=_read_only(np.asfortranarray(z[:, [j]])),
+                spec=model_spec,
+                label=f"({lhs} | {spec.group})",
+            )
+        )
+    return parts
+
+
+def _grouping_factor(
+    model_frame: pd.DataFrame, spec: RandomTermSpec
+) -> tuple[pd.Index, np.ndarray]:
+    """Levels and int32 codes of a grouping factor or of the interaction of several."""
+    per_factor = [_factor_levels_and_codes(model_frame[name], name) for name in spec.factors]
+    if len(per_factor) == 1:
+        levels, codes = per_factor[0]
+    else:
+        # Only the combinations present, ordered by the factors' own level orders with the
+        # first factor varying slowest, as R's a:b.
+        stacked = np.column_stack([factor_codes for _, factor_codes in per_factor])
+        combinations, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        labels = [
+            ":".join(str(per_factor[k][0][code]) for k, code in enumerate(row))
+            for row in combinations
+        ]
+        levels = pd.Index(labels, dtype=object, name=spec.group)
+        codes = inverse.reshape(-1)
+    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    n_levels = len(levels)
+    if n_levels < 2:
+        raise DataError(
+            f"grouping factor '{spec.group}' has {n_levels} level"
+            f"{'s' if n_levels != 1 else ''}; a random effect needs at least 2"
+        )
+    return levels, codes
+
+
+def _factor_levels_and_codes(series: pd.Series, name: str) -> tuple[pd.Index, np.ndarray]:
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        levels = pd.Index(series.cat.categories, name=name)
+        return levels, series.cat.codes.to_numpy()
+    codes, levels = pd.factorize(series)
+    try:
+        order = sorted(range(len(levels)), key=levels.__getitem__)
+    except TypeError as error:
+        kinds = sorted({type(value).__name__ for value in levels})
+        raise DataError(
+            f"grouping column '{name}' mixes values of types {', '.join(kinds)}, which have no "
+            "common order; convert it to one type"
+        ) from error
+    rank_of = np.empty(len(levels), dtype=np.int64)
+    rank_of[order] = np.arange(len(levels))
+    levels, codes = levels[order], rank_of[codes]
+    return pd.Index(levels, name=name), codes
+
+
+def _check_identifiable(term: ReTerm, nobs: int) -> None:
+    """lme4's checks: fewer levels than observations, fewer random effects than observations."""
+    if term.n_levels >= nobs:
+        raise DataError(
+            f"grouping factor '{term.group}' has {term.n_levels} levels for {nobs} "
+            "observations; the number of levels of each grouping factor must be < number of "
+            f"observations (term {term.label})"
+        )
+    n_effects = term.q * term.n_levels
+    if n_effects >= nobs:
+        raise DataError(
+            f"number of observations (={nobs}) <= number of random effects (={n_effects}) for "
+            f"term {term.label} of grouping factor '{term.group}'; the random-effects "
+            "parameters and the residual variance are probably unidentifiable"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _check_finite_columns(matrix: np.ndarray, names: Iterable[object], what: str) -> None:
+    bad_per_column = (~np.isfinite(matrix)).sum(axis=0)
+    for name, n_bad in zip(names, bad_per_column, strict=True):
+        if n_bad:
+            raise DataError(
+                f"{what} '{name}' has {int(n_bad)} non-finite value"
+                f"{'s' if n_bad != 1 else ''} (for example the log of a non-positive number)"
+            )
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array

@@ -1,0 +1,15 @@
+//! interlace's numerical core: linear mixed models with lme4's semantics, organised as
+//! MixedModels.jl organises them. The modules here never touch Python; `py` (behind the
+//! `python` feature) is the only boundary.
+
+pub mod dense;
+pub mod error;
+pub mod model;
+pub mod optimize;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{CoreError, CoreResult};
+pub use model::{Estimates, Model, Term};
+pub use optimize::{fit, FitOptions, OptimizationRecord};

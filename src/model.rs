@@ -1,0 +1,1269 @@
+//! The linear mixed model y = Xβ + ZΛ_θu + ε, u ~ N(0, σ²I), ε ~ N(0, σ²I), with its
+//! profiled deviance and REML criterion (Bates, Mächler, Bolker & Walker 2015, JSS 67(1), §3).
+//!
+//! For a given θ the penalised least-squares problem is solved by one Cholesky factor of the
+//! blocked matrix
+//!
+//! ```text
+//!     [ΛᵀZᵀZΛ + I   ΛᵀZᵀX   ΛᵀZᵀy]         [L₁₁            ]
+//!     [XᵀZΛ         XᵀX     Xᵀy  ]  = L Lᵀ,  L = [L₂₁  L₂₂       ]
+//!     [yᵀZΛ         yᵀX     yᵀy  ]             [L₃₁  L₃₂  L₃₃  ]
+//! ```
+//!
+//! organised as MixedModels.jl organises it (Bates, "MixedModels.jl: blocked Cholesky"):
+//! random-effects terms come sorted by number of levels, descending; block 1 is the first
+//! (largest) term, whose ZᵀZ block is block diagonal (one q₁×q₁ block per level), so L₁₁ is
+//! block diagonal too; block 2 ("rest") gathers the remaining terms, whose Schur complement is
+//! formed densely; block 3 is [X y], dense. The crossproduct A = [Z X y]ᵀ[Z X y] is formed once;
+//! per θ only the factor is updated, and the objective is read off its diagonal:
+//!
+//! ```text
+//!     r² = L₃₃[p,p]²,   log|L_θ|² = 2 Σ log diag(L₁₁, L₂₂),   log|R_X|² = 2 Σ log diag(L₃₃[..p,..p])
+//!     deviance(θ)  = log|L_θ|² + n (1 + log(2π r² / n))
+//!     REML(θ)      = log|L_θ|² + log|R_X|² + (n − p)(1 + log(2π r² / (n − p)))
+//! ```
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltParams};
+use faer::linalg::matmul::matmul;
+use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
+use faer::{Accum, Mat, MatRef, Par, Spec};
+
+use crate::dense::{
+    chol_small, lambda_left_rows, lambda_right_cols, solve_lower_small, solve_upper_small,
+    theta_to_lambda,
+};
+use crate::error::{CoreError, CoreResult};
+
+/// One random-effects term as the core sees it: a level code per observation and the term's
+/// model-matrix row per observation (row-major, n × q).
+#[derive(Debug, Clone)]
+pub struct Term {
+    pub codes: Vec<u32>,
+    pub z: Vec<f64>,
+    pub q: usize,
+    pub n_levels: usize,
+}
+
+impl Term {
+    /// Validates the codes against `n_levels` and the size of `z`.
+    pub fn new(codes: &[i32], z_row_major: Vec<f64>, q: usize, n_levels: usize, index: usize) -> CoreResult<Self> {
+        let n = codes.len();
+        if q == 0 {
+            return Err(CoreError::Unsupported {
+                reason: format!("random-effects term {index} has no columns"),
+            });
+        }
+        if z_row_major.len() != n * q {
+            return Err(CoreError::DimensionMismatch {
+                what: format!("model matrix of random-effects term {index} (entries)"),
+                expected: n * q,
+                found: z_row_major.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(n);
+        for (row, &c) in codes.iter().enumerate() {
+            if c < 0 || c as usize >= n_levels {
+                return Err(CoreError::CodeOutOfRange {
+                    term: index,
+                    row,
+                    code: c as i64,
+                    n_levels,
+                });
+            }
+            out.push(c as u32);
+        }
+        if let Some(i) = z_row_major.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::NonFinite {
+                what: format!("model matrix of random-effects term {index}"),
+                index: i,
+            });
+        }
+        Ok(Term {
+            codes: out,
+            z: z_row_major,
+            q,
+            n_levels,
+        })
+    }
+
+    fn n_theta(&self) -> usize {
+        self.q * (self.q + 1) / 2
+    }
+
+    fn z_row(&self, i: usize) -> &[f64] {
+        &self.z[i * self.q..(i + 1) * self.q]
+    }
+}
+
+/// The blocked crossproduct A = [Z X y]ᵀ[Z X y], formed once per model.
+#[derive(Debug, Clone)]
+struct Crossprod {
+    /// Z₁ᵀZ₁: one q₁×q₁ block (column-major) per level of term 1.
+    a11: Vec<f64>,
+    /// Z_restᵀZ₁ as a sparse block column per level j of term 1: rows `rows[ptr[j]..ptr[j+1]]`
+    /// (ascending, whole level groups), each with q₁ values in `vals` (row-major).
+    a21_ptr: Vec<usize>,
+    a21_rows: Vec<usize>,
+    a21_vals: Vec<f64>,
+    /// Z_restᵀZ_rest, dense m×m (full symmetric).
+    a22: Mat<f64>,
+    /// Z₁ᵀ[X y], (q₁ℓ₁) × (p+1).
+    a31t: Mat<f64>,
+    /// Z_restᵀ[X y], m × (p+1).
+    a32t: Mat<f64>,
+    /// [X y]ᵀ[X y], (p+1) × (p+1).
+    a33: Mat<f64>,
+}
+
+/// The blocked lower Cholesky factor L(θ), overwritten in place for every θ.
+#[derive(Debug, Clone)]
+struct Factor {
+    l11: Vec<f64>,
+    l21_vals: Vec<f64>,
+    l22: Mat<f64>,
+    l31t: Mat<f64>,
+    l32t: Mat<f64>,
+    l33: Mat<f64>,
+}
+
+/// Where the rows of the "rest" block come from: for rest row r, the term index and the
+/// position c of the row within its level group (rows of a level are contiguous).
+#[derive(Debug, Clone, Copy)]
+struct RestRow {
+    term: usize,
+    c: usize,
+}
+
+/// Estimates at one θ.
+#[derive(Debug, Clone)]
+pub struct Estimates {
+    pub theta: Vec<f64>,
+    pub objective: f64,
+    pub beta: Vec<f64>,
+    pub sigma: f64,
+    /// p × p, column-major.
+    pub beta_cov: Vec<f64>,
+    /// Per term, n_levels × q row-major: conditional modes b = Λu on the data scale.
+    pub b: Vec<Vec<f64>>,
+    /// Per term, n_levels blocks of q × q (column-major): σ² [Λ (ΛᵀZᵀZΛ + I)⁻¹ Λᵀ] blocks.
+    pub b_cond_cov: Vec<Vec<f64>>,
+    pub fitted: Vec<f64>,
+    pub resid: Vec<f64>,
+}
+
+/// A linear mixed model: the data, its blocked crossproduct, and the factor workspace.
+#[derive(Debug, Clone)]
+pub struct Model {
+    n: usize,
+    p: usize,
+    reml: bool,
+    y: Vec<f64>,
+    /// n × p, column-major.
+    x: Mat<f64>,
+    terms: Vec<Term>,
+    theta_offsets: Vec<usize>,
+    n_theta: usize,
+    /// Offset of each term k ≥ 1 within the rest block (unused for term 0).
+    rest_offsets: Vec<usize>,
+    rest_rows: Vec<RestRow>,
+    m: usize,
+    a: Crossprod,
+    l: Factor,
+    /// λ_k, q_k × q_k column-major, for the θ last set.
+    lambdas: Vec<Vec<f64>>,
+    chol_buffer: Scratch,
+    par: Par,
+}
+
+/// Scratch memory for the dense Cholesky, sized once per model (cloning a model gives the
+/// clone its own buffer, so parallel workers never share one).
+struct Scratch {
+    req: faer::dyn_stack::StackReq,
+    buffer: MemBuffer,
+}
+
+impl Scratch {
+    fn new(req: faer::dyn_stack::StackReq) -> Self {
+        Scratch {
+            req,
+            buffer: MemBuffer::new(req),
+        }
+    }
+}
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::new(self.req)
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch").finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Forms the blocked crossproduct. `x` is n × p column-major; `terms` in lme4's order.
+    pub fn new(y: &[f64], x: MatRef<'_, f64>, terms: Vec<Term>, reml: bool) -> CoreResult<Self> {
+        let n = y.len();
+        let p = x.ncols();
+        if x.nrows() != n {
+            return Err(CoreError::DimensionMismatch {
+                what: "rows of the fixed-effects model matrix".into(),
+                expected: n,
+                found: x.nrows(),
+            });
+        }
+        if terms.is_empty() {
+            return Err(CoreError::Unsupported {
+                reason: "no random-effects term".into(),
+            });
+        }
+        for (k, t) in terms.iter().enumerate() {
+            if t.codes.len() != n {
+                return Err(CoreError::DimensionMismatch {
+                    what: format!("level codes of random-effects term {k}"),
+                    expected: n,
+                    found: t.codes.len(),
+                });
+            }
+        }
+        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::NonFinite {
+                what: "the response".into(),
+                index: i,
+            });
+        }
+        for j in 0..p {
+            for i in 0..n {
+                if !x[(i, j)].is_finite() {
+                    return Err(CoreError::NonFinite {
+                        what: format!("column {j} of the fixed-effects model matrix"),
+                        index: i,
+                    });
+                }
+            }
+        }
+        if reml && n <= p {
+            return Err(CoreError::Unsupported {
+                reason: format!("REML needs more observations ({n}) than fixed effects ({p})"),
+            });
+        }
+
+        let mut theta_offsets = Vec::with_capacity(terms.len());
+        let mut n_theta = 0;
+        for t in &terms {
+            theta_offsets.push(n_theta);
+            n_theta += t.n_theta();
+        }
+        let mut rest_offsets = vec![0usize; terms.len()];
+        let mut rest_rows = Vec::new();
+        for (k, t) in terms.iter().enumerate().skip(1) {
+            rest_offsets[k] = rest_rows.len();
+            for _level in 0..t.n_levels {
+                for c in 0..t.q {
+                    rest_rows.push(RestRow { term: k, c });
+                }
+            }
+        }
+        let m = rest_rows.len();
+
+        let a = Self::crossprod(y, x, &terms, &rest_offsets, m);
+        let q1 = terms[0].q;
+        let l = Factor {
+            l11: vec![0.0; a.a11.len()],
+            l21_vals: vec![0.0; a.a21_vals.len()],
+            l22: Mat::zeros(m, m),
+            l31t: Mat::zeros(q1 * terms[0].n_levels, p + 1),
+            l32t: Mat::zeros(m, p + 1),
+            l33: Mat::zeros(p + 1, p + 1),
+        };
+        let par = Par::Seq;
+        let scratch = cholesky_in_place_scratch::<f64>(m.max(p + 1), par, Spec::<LltParams, f64>::default());
+        let lambdas = terms.iter().map(|t| vec![0.0; t.q * t.q]).collect();
+        Ok(Model {
+            n,
+            p,
+            reml,
+            y: y.to_vec(),
+            x: x.to_owned(),
+            terms,
+            theta_offsets,
+            n_theta,
+            rest_offsets,
+            rest_rows,
+            m,
+            a,
+            l,
+            lambdas,
+            chol_buffer: Scratch::new(scratch),
+            par,
+        })
+    }
+
+    fn crossprod(y: &[f64], x: MatRef<'_, f64>, terms: &[Term], rest_offsets: &[usize], m: usize) -> Crossprod {
+        let n = y.len();
+        let p = x.ncols();
+        let t1 = &terms[0];
+        let (q1, l1) = (t1.q, t1.n_levels);
+
+        // [X y] as one n × (p+1) matrix.
+        let mut xy = Mat::<f64>::zeros(n, p + 1);
+        xy.as_mut().get_mut(.., ..p).copy_from(x);
+        for i in 0..n {
+            xy[(i, p)] = y[i];
+        }
+
+        let mut a11 = vec![0.0; l1 * q1 * q1];
+        let mut a31t = Mat::<f64>::zeros(q1 * l1, p + 1);
+        for i in 0..n {
+            let j = t1.codes[i] as usize;
+            let z = t1.z_row(i);
+            let blk = &mut a11[j * q1 * q1..(j + 1) * q1 * q1];
+            for c2 in 0..q1 {
+                for c1 in 0..q1 {
+                    blk[c2 * q1 + c1] += z[c1] * z[c2];
+                }
+            }
+            for t in 0..=p {
+                let v = xy[(i, t)];
+                for c in 0..q1 {
+                    a31t[(j * q1 + c, t)] += z[c] * v;
+                }
+            }
+        }
+
+        // Observations grouped by level of term 1 (counting sort), for the sparse A₂₁.
+        let mut count = vec![0usize; l1 + 1];
+        for &c in &t1.codes {
+            count[c as usize + 1] += 1;
+        }
+        for j in 0..l1 {
+            count[j + 1] += count[j];
+        }
+        let mut order = vec![0usize; n];
+        let mut next = count.clone();
+        for i in 0..n {
+            let j = t1.codes[i] as usize;
+            order[next[j]] = i;
+            next[j] += 1;
+        }
+
+        let mut a21_ptr = vec![0usize; l1 + 1];
+        let mut a21_rows = Vec::new();
+        let mut a21_vals = Vec::new();
+        let mut a22 = Mat::<f64>::zeros(m, m);
+        let mut a32t = Mat::<f64>::zeros(m, p + 1);
+        if m > 0 {
+            // slot[r] = position of rest row r in the current level's row list, or usize::MAX.
+            let mut slot = vec![usize::MAX; m];
+            let mut touched: Vec<usize> = Vec::new();
+            let mut acc: Vec<f64> = Vec::new();
+            for j in 0..l1 {
+                touched.clear();
+                acc.clear();
+                for &i in &order[count[j]..count[j + 1]] {
+                    let z1 = t1.z_row(i);
+                    for (k, t) in terms.iter().enumerate().skip(1) {
+                        let base = rest_offsets[k] + t.codes[i] as usize * t.q;
+                        if slot[base] == usize::MAX {
+                            for c in 0..t.q {
+                                slot[base + c] = touched.len();
+                                touched.push(base + c);
+                                acc.extend(std::iter::repeat_n(0.0, q1));
+                            }
+                        }
+                        let zk = t.z_row(i);
+                        for c in 0..t.q {
+                            let s = slot[base + c];
+                            for c1 in 0..q1 {
+                                acc[s * q1 + c1] += zk[c] * z1[c1];
+                            }
+                        }
+                    }
+                }
+                // Store rows ascending (whole level groups stay contiguous).
+                let mut idx: Vec<usize> = (0..touched.len()).collect();
+                idx.sort_unstable_by_key(|&s| touched[s]);
+                for &s in &idx {
+                    a21_rows.push(touched[s]);
+                    a21_vals.extend_from_slice(&acc[s * q1..(s + 1) * q1]);
+                }
+                for &r in &touched {
+                    slot[r] = usize::MAX;
+                }
+                a21_ptr[j + 1] = a21_rows.len();
+            }
+
+            for i in 0..n {
+                for (k, tk) in terms.iter().enumerate().skip(1) {
+                    let bk = rest_offsets[k] + tk.codes[i] as usize * tk.q;
+                    let zk = tk.z_row(i);
+                    for (h, th) in terms.iter().enumerate().skip(1) {
+                        let bh = rest_offsets[h] + th.codes[i] as usize * th.q;
+                        let zh = th.z_row(i);
+                        for ch in 0..th.q {
+                            for ck in 0..tk.q {
+                                a22[(bk + ck, bh + ch)] += zk[ck] * zh[ch];
+                            }
+                        }
+                    }
+                    for t in 0..=p {
+                        let v = xy[(i, t)];
+                        for ck in 0..tk.q {
+                            a32t[(bk + ck, t)] += zk[ck] * v;
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut a33 = Mat::<f64>::zeros(p + 1, p + 1);
+        matmul(a33.as_mut(), Accum::Replace, xy.transpose(), xy.as_ref(), 1.0, Par::Seq);
+
+        Crossprod {
+            a11,
+            a21_ptr,
+            a21_rows,
+            a21_vals,
+            a22,
+            a31t,
+            a32t,
+            a33,
+        }
+    }
+
+    pub fn n_obs(&self) -> usize {
+        self.n
+    }
+
+    pub fn n_fixed(&self) -> usize {
+        self.p
+    }
+
+    pub fn n_theta(&self) -> usize {
+        self.n_theta
+    }
+
+    pub fn reml(&self) -> bool {
+        self.reml
+    }
+
+    pub fn terms(&self) -> &[Term] {
+        &self.terms
+    }
+
+    /// Lower bounds of θ: 0 on the diagonal of each λ_k, −∞ elsewhere.
+    pub fn lower_bounds(&self) -> Vec<f64> {
+        let mut lb = Vec::with_capacity(self.n_theta);
+        for t in &self.terms {
+            for col in 0..t.q {
+                for row in col..t.q {
+                    lb.push(if row == col { 0.0 } else { f64::NEG_INFINITY });
+                }
+            }
+        }
+        lb
+    }
+
+    /// lme4's starting values: 1 on the diagonal of each λ_k, 0 elsewhere.
+    pub fn theta_start(&self) -> Vec<f64> {
+        self.lower_bounds()
+            .iter()
+            .map(|&b| if b == 0.0 { 1.0 } else { 0.0 })
+            .collect()
+    }
+
+    fn set_theta(&mut self, theta: &[f64]) -> CoreResult<()> {
+        if theta.len() != self.n_theta {
+            return Err(CoreError::InvalidTheta {
+                reason: format!("expected {} values, found {}", self.n_theta, theta.len()),
+            });
+        }
+        if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::InvalidTheta {
+                reason: format!("theta[{i}] is not finite"),
+            });
+        }
+        for (k, t) in self.terms.iter().enumerate() {
+            let off = self.theta_offsets[k];
+            theta_to_lambda(&theta[off..off + t.n_theta()], t.q, &mut self.lambdas[k]);
+        }
+        Ok(())
+    }
+
+    /// Updates L(θ) in place (no allocation).
+    pub fn update_l(&mut self, theta: &[f64]) -> CoreResult<()> {
+        self.set_theta(theta)?;
+        let p1 = self.p + 1;
+        let t1 = &self.terms[0];
+        let (q1, l1) = (t1.q, t1.n_levels);
+        let lam1 = &self.lambdas[0];
+        let a = &self.a;
+        let l = &mut self.l;
+
+        // L₁₁: per level, chol(λ₁ᵀ A₁₁ⱼ λ₁ + I).
+        for j in 0..l1 {
+            let src = &a.a11[j * q1 * q1..(j + 1) * q1 * q1];
+            let dst = &mut l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+            dst.copy_from_slice(src);
+            lambda_right_cols(dst, q1, q1, lam1);
+            lambda_left_rows_dense(dst, q1, q1, lam1);
+            for c in 0..q1 {
+                dst[c * q1 + c] += 1.0;
+            }
+            chol_small(dst, q1).map_err(|pivot| CoreError::NotPositiveDefinite {
+                block: "first random-effects".into(),
+                pivot: j * q1 + pivot,
+            })?;
+        }
+
+        // L₃₁ᵀ blocks: L₁₁ⱼ⁻¹ λ₁ᵀ A₃₁ⱼᵀ.
+        l.l31t.as_mut().copy_from(a.a31t.as_ref());
+        let mut v = [0.0f64; 64];
+        for j in 0..l1 {
+            let lj = &l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+            for t in 0..p1 {
+                let col = l.l31t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+                let seg = &mut col[j * q1..(j + 1) * q1];
+                apply_lambda_t_then_solve(seg, lam1, lj, q1, &mut v);
+            }
+        }
+
+        let m = self.m;
+        if m > 0 {
+            // L₂₁ rows: (Λ_restᵀ A₂₁ⱼ λ₁) L₁₁ⱼ⁻ᵀ.
+            l.l21_vals.copy_from_slice(&a.a21_vals);
+            for j in 0..l1 {
+                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+                let rows = &a.a21_rows[s..e];
+                let vals = &mut l.l21_vals[s * q1..e * q1];
+                mix_rest_rows(vals, rows, q1, &self.rest_rows, &self.lambdas, &self.terms);
+                let lj = &l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+                for r in 0..rows.len() {
+                    apply_lambda_t_then_solve(&mut vals[r * q1..(r + 1) * q1], lam1, lj, q1, &mut v);
+                }
+            }
+
+            // S = Λ_restᵀ A₂₂ Λ_rest + I − Σⱼ L₂₁ⱼ L₂₁ⱼᵀ (lower triangle), then L₂₂ = chol(S).
+            l.l22.as_mut().copy_from(a.a22.as_ref());
+            scale_rest_sym(&mut l.l22, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
+            for d in 0..m {
+                l.l22[(d, d)] += 1.0;
+            }
+            for j in 0..l1 {
+                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+                let rows = &a.a21_rows[s..e];
+                let vals = &l.l21_vals[s * q1..e * q1];
+                for ib in 0..rows.len() {
+                    let b = rows[ib];
+                    let vb = &vals[ib * q1..(ib + 1) * q1];
+                    let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
+                    for ia in ib..rows.len() {
+                        let va = &vals[ia * q1..(ia + 1) * q1];
+                        let mut dot = 0.0;
+                        for c in 0..q1 {
+                            dot += va[c] * vb[c];
+                        }
+                        col[rows[ia]] -= dot;
+                    }
+                }
+            }
+            let stack = MemStack::new(&mut self.chol_buffer.buffer);
+            cholesky_in_place(l.l22.as_mut(), Default::default(), self.par, stack, Default::default())
+                .map_err(|e| match e {
+                    faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
+                        CoreError::NotPositiveDefinite {
+                            block: "random-effects".into(),
+                            pivot: index,
+                        }
+                    }
+                })?;
+
+            // L₃₂ᵀ = L₂₂⁻¹ (Λ_restᵀ A₃₂ᵀ − Σⱼ L₂₁ⱼ L₃₁ⱼᵀ).
+            l.l32t.as_mut().copy_from(a.a32t.as_ref());
+            for t in 0..p1 {
+                let col = l.l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+                mix_rest_vector(col, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
+            }
+            for j in 0..l1 {
+                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+                let rows = &a.a21_rows[s..e];
+                let vals = &l.l21_vals[s * q1..e * q1];
+                for t in 0..p1 {
+                    let mut w = [0.0f64; 64];
+                    for c in 0..q1 {
+                        w[c] = l.l31t[(j * q1 + c, t)];
+                    }
+                    let col = l.l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+                    for (ia, &r) in rows.iter().enumerate() {
+                        let va = &vals[ia * q1..(ia + 1) * q1];
+                        let mut dot = 0.0;
+                        for c in 0..q1 {
+                            dot += va[c] * w[c];
+                        }
+                        col[r] -= dot;
+                    }
+                }
+            }
+            solve_lower_triangular_in_place(l.l22.as_ref(), l.l32t.as_mut(), self.par);
+        }
+
+        // L₃₃ = chol(A₃₃ − L₃₁L₃₁ᵀ − L₃₂L₃₂ᵀ).
+        l.l33.as_mut().copy_from(a.a33.as_ref());
+        matmul(l.l33.as_mut(), Accum::Add, l.l31t.transpose(), l.l31t.as_ref(), -1.0, Par::Seq);
+        if m > 0 {
+            matmul(l.l33.as_mut(), Accum::Add, l.l32t.transpose(), l.l32t.as_ref(), -1.0, Par::Seq);
+        }
+        let stack = MemStack::new(&mut self.chol_buffer.buffer);
+        match cholesky_in_place(l.l33.as_mut(), Default::default(), Par::Seq, stack, Default::default()) {
+            Ok(_) => Ok(()),
+            Err(faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index }) => {
+                if index == self.p {
+                    // r² = 0: the response is reproduced exactly. Keep going with r = 0 so the
+                    // objective reports −∞ deviance instead of failing.
+                    l.l33[(self.p, self.p)] = 0.0;
+                    Ok(())
+                } else {
+                    Err(CoreError::NotPositiveDefinite {
+                        block: "fixed-effects".into(),
+                        pivot: index,
+                    })
+                }
+            }
+        }
+    }
+
+    /// log|L_θ|² (random-effects part only).
+    fn logdet_re(&self) -> f64 {
+        let q1 = self.terms[0].q;
+        let mut s = 0.0;
+        for j in 0..self.terms[0].n_levels {
+            let blk = &self.l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+            for c in 0..q1 {
+                s += blk[c * q1 + c].ln();
+            }
+        }
+        for d in 0..self.m {
+            s += self.l.l22[(d, d)].ln();
+        }
+        2.0 * s
+    }
+
+    /// The objective from the current factor.
+    fn objective_from_l(&self) -> f64 {
+        let n = self.n as f64;
+        let p = self.p;
+        let r = self.l.l33[(p, p)];
+        let r2 = r * r;
+        let ld = self.logdet_re();
+        if self.reml {
+            let mut ldx = 0.0;
+            for c in 0..p {
+                ldx += self.l.l33[(c, c)].ln();
+            }
+            let nmp = n - p as f64;
+            ld + 2.0 * ldx + nmp * (1.0 + (2.0 * std::f64::consts::PI * r2 / nmp).ln())
+        } else {
+            ld + n * (1.0 + (2.0 * std::f64::consts::PI * r2 / n).ln())
+        }
+    }
+
+    /// REML criterion or deviance (−2 log-likelihood) profiled over β and σ.
+    pub fn objective(&mut self, theta: &[f64]) -> CoreResult<f64> {
+        self.update_l(theta)?;
+        Ok(self.objective_from_l())
+    }
+
+    /// Everything at θ: β, σ, cov(β), conditional modes and variances, fitted values.
+    pub fn estimates(&mut self, theta: &[f64]) -> CoreResult<Estimates> {
+        self.update_l(theta)?;
+        let objective = self.objective_from_l();
+        let (n, p, m) = (self.n, self.p, self.m);
+        let l = &self.l;
+        let t1 = &self.terms[0];
+        let (q1, l1) = (t1.q, t1.n_levels);
+
+        // β from L_XXᵀ β = l_yX.
+        let lxx = l.l33.as_ref().get(..p, ..p);
+        let mut beta = Mat::<f64>::zeros(p, 1);
+        for c in 0..p {
+            beta[(c, 0)] = l.l33[(p, c)];
+        }
+        solve_upper_triangular_in_place(lxx.transpose(), beta.as_mut(), Par::Seq);
+        let r = l.l33[(p, p)];
+        let dof = if self.reml { (n - p) as f64 } else { n as f64 };
+        let sigma2 = r * r / dof;
+
+        // cov(β) = σ² L_XX⁻ᵀ L_XX⁻¹.
+        let mut lxx_inv = Mat::<f64>::identity(p, p);
+        solve_lower_triangular_in_place(lxx, lxx_inv.as_mut(), Par::Seq);
+        let mut beta_cov = Mat::<f64>::zeros(p, p);
+        matmul(beta_cov.as_mut(), Accum::Replace, lxx_inv.transpose(), lxx_inv.as_ref(), sigma2, Par::Seq);
+
+        // u: L_Zᵀ u = l_yZ − L_XZᵀ β.
+        let mut rhs1 = vec![0.0; q1 * l1];
+        for (i, v) in rhs1.iter_mut().enumerate() {
+            let mut s = l.l31t[(i, p)];
+            for c in 0..p {
+                s -= l.l31t[(i, c)] * beta[(c, 0)];
+            }
+            *v = s;
+        }
+        let mut u2 = Mat::<f64>::zeros(m, 1);
+        for i in 0..m {
+            let mut s = l.l32t[(i, p)];
+            for c in 0..p {
+                s -= l.l32t[(i, c)] * beta[(c, 0)];
+            }
+            u2[(i, 0)] = s;
+        }
+        if m > 0 {
+            solve_upper_triangular_in_place(l.l22.transpose(), u2.as_mut(), Par::Seq);
+        }
+        for j in 0..l1 {
+            let (s, e) = (self.a.a21_ptr[j], self.a.a21_ptr[j + 1]);
+            let seg = &mut rhs1[j * q1..(j + 1) * q1];
+            for (ia, &row) in self.a.a21_rows[s..e].iter().enumerate() {
+                let va = &l.l21_vals[(s + ia) * q1..(s + ia + 1) * q1];
+                for c in 0..q1 {
+                    seg[c] -= va[c] * u2[(row, 0)];
+                }
+            }
+            solve_upper_small(&l.l11[j * q1 * q1..(j + 1) * q1 * q1], q1, seg);
+        }
+
+        // b = Λu, per term, level-major.
+        let mut b: Vec<Vec<f64>> = Vec::with_capacity(self.terms.len());
+        for (k, t) in self.terms.iter().enumerate() {
+            let mut bk = vec![0.0; t.n_levels * t.q];
+            for lev in 0..t.n_levels {
+                let uvec: Vec<f64> = if k == 0 {
+                    rhs1[lev * q1..(lev + 1) * q1].to_vec()
+                } else {
+                    let base = self.rest_offsets[k] + lev * t.q;
+                    (0..t.q).map(|c| u2[(base + c, 0)]).collect()
+                };
+                let lam = &self.lambdas[k];
+                for row in 0..t.q {
+                    let mut s = 0.0;
+                    for col in 0..=row {
+                        s += lam[col * t.q + row] * uvec[col];
+                    }
+                    bk[lev * t.q + row] = s;
+                }
+            }
+            b.push(bk);
+        }
+
+        // Fitted values and residuals.
+        let mut fitted = vec![0.0; n];
+        for (i, f) in fitted.iter_mut().enumerate() {
+            let mut s = 0.0;
+            for c in 0..p {
+                s += self.x[(i, c)] * beta[(c, 0)];
+            }
+            for (k, t) in self.terms.iter().enumerate() {
+                let lev = t.codes[i] as usize;
+                let z = t.z_row(i);
+                for c in 0..t.q {
+                    s += z[c] * b[k][lev * t.q + c];
+                }
+            }
+            *f = s;
+        }
+        let resid: Vec<f64> = self.y.iter().zip(&fitted).map(|(y, f)| y - f).collect();
+
+        let b_cond_cov = self.conditional_covariances(sigma2);
+
+        Ok(Estimates {
+            theta: theta.to_vec(),
+            objective,
+            beta: (0..p).map(|c| beta[(c, 0)]).collect(),
+            sigma: sigma2.sqrt(),
+            beta_cov: (0..p * p).map(|i| beta_cov[(i % p, i / p)]).collect(),
+            b,
+            b_cond_cov,
+            fitted,
+            resid,
+        })
+    }
+
+    /// σ² [Λ (L_Z L_Zᵀ)⁻¹ Λᵀ] diagonal blocks per level, as lme4's `condVar` (the random-effects
+    /// factor only, β treated as known). Uses L₂₂⁻¹ formed once: for level j of term 1 the block
+    /// of the inverse is W₁ᵀW₁ + W₂ᵀW₂ with W₁ = L₁₁ⱼ⁻¹ and W₂ = −L₂₂⁻¹ L₂₁ⱼ L₁₁ⱼ⁻¹.
+    fn conditional_covariances(&self, sigma2: f64) -> Vec<Vec<f64>> {
+        let m = self.m;
+        let t1 = &self.terms[0];
+        let (q1, l1) = (t1.q, t1.n_levels);
+        let mut l22_inv = Mat::<f64>::identity(m, m);
+        if m > 0 {
+            solve_lower_triangular_in_place(self.l.l22.as_ref(), l22_inv.as_mut(), Par::Seq);
+        }
+        let mut out = Vec::with_capacity(self.terms.len());
+
+        // Term 1.
+        let mut cov1 = vec![0.0; l1 * q1 * q1];
+        let mut w1 = vec![0.0; q1 * q1];
+        let mut g = vec![0.0; m * q1];
+        let mut blk = vec![0.0; q1 * q1];
+        for j in 0..l1 {
+            let lj = &self.l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+            // W₁ = L₁₁ⱼ⁻¹ (column-major q1 × q1).
+            for c in 0..q1 {
+                for r in 0..q1 {
+                    w1[c * q1 + r] = if r == c { 1.0 } else { 0.0 };
+                }
+                solve_lower_small(lj, q1, &mut w1[c * q1..(c + 1) * q1]);
+            }
+            // blk = W₁ᵀW₁.
+            for c2 in 0..q1 {
+                for c1 in 0..q1 {
+                    let mut s = 0.0;
+                    for r in 0..q1 {
+                        s += w1[c1 * q1 + r] * w1[c2 * q1 + r];
+                    }
+                    blk[c2 * q1 + c1] = s;
+                }
+            }
+            if m > 0 {
+                // G = L₂₂⁻¹ (L₂₁ⱼ W₁): m × q1, via the sparse rows of L₂₁ⱼ.
+                let (s, e) = (self.a.a21_ptr[j], self.a.a21_ptr[j + 1]);
+                let rows = &self.a.a21_rows[s..e];
+                g.iter_mut().for_each(|v| *v = 0.0);
+                let mut min_row = m;
+                for (ia, &row) in rows.iter().enumerate() {
+                    min_row = min_row.min(row);
+                    let va = &self.l.l21_vals[(s + ia) * q1..(s + ia + 1) * q1];
+                    for c in 0..q1 {
+                        // (L₂₁ⱼ W₁)[row, c]
+                        let mut h = 0.0;
+                        for d in 0..q1 {
+                            h += va[d] * w1[c * q1 + d];
+                        }
+                        if h != 0.0 {
+                            let inv_col = l22_inv.col(row);
+                            let gc = &mut g[c * m..(c + 1) * m];
+                            for r2 in row..m {
+                                gc[r2] += inv_col[r2] * h;
+                            }
+                        }
+                    }
+                }
+                if min_row < m {
+                    for c2 in 0..q1 {
+                        for c1 in 0..q1 {
+                            let mut s2 = 0.0;
+                            for r2 in min_row..m {
+                                s2 += g[c1 * m + r2] * g[c2 * m + r2];
+                            }
+                            blk[c2 * q1 + c1] += s2;
+                        }
+                    }
+                }
+            }
+            let dst = &mut cov1[j * q1 * q1..(j + 1) * q1 * q1];
+            sandwich_lambda(&blk, &self.lambdas[0], q1, sigma2, dst);
+        }
+        out.push(cov1);
+
+        // Rest terms: the blocks of (L₂₂L₂₂ᵀ)⁻¹ = L₂₂⁻ᵀL₂₂⁻¹.
+        for (k, t) in self.terms.iter().enumerate().skip(1) {
+            let q = t.q;
+            let mut covk = vec![0.0; t.n_levels * q * q];
+            let mut bk = vec![0.0; q * q];
+            for lev in 0..t.n_levels {
+                let base = self.rest_offsets[k] + lev * q;
+                for c2 in 0..q {
+                    for c1 in 0..q {
+                        let a1 = l22_inv.col(base + c1);
+                        let a2 = l22_inv.col(base + c2);
+                        let mut s = 0.0;
+                        for r in base..m {
+                            s += a1[r] * a2[r];
+                        }
+                        bk[c2 * q + c1] = s;
+                    }
+                }
+                sandwich_lambda(&bk, &self.lambdas[k], q, sigma2, &mut covk[lev * q * q..(lev + 1) * q * q]);
+            }
+            out.push(covk);
+        }
+        out
+    }
+}
+
+/// dst = σ² λ B λᵀ for q × q column-major matrices (λ lower triangular).
+fn sandwich_lambda(bmat: &[f64], lam: &[f64], q: usize, sigma2: f64, dst: &mut [f64]) {
+    for c2 in 0..q {
+        for c1 in 0..q {
+            let mut s = 0.0;
+            for a in 0..=c1 {
+                for b in 0..=c2 {
+                    s += lam[a * q + c1] * bmat[b * q + a] * lam[b * q + c2];
+                }
+            }
+            dst[c2 * q + c1] = sigma2 * s;
+        }
+    }
+}
+
+/// In place on a q-vector v: v ← L⁻¹ (λᵀ v), with λ and L lower triangular q × q.
+fn apply_lambda_t_then_solve(v: &mut [f64], lam: &[f64], lchol: &[f64], q: usize, tmp: &mut [f64; 64]) {
+    for c in 0..q {
+        let mut s = 0.0;
+        for c2 in c..q {
+            s += lam[c * q + c2] * v[c2];
+        }
+        tmp[c] = s;
+    }
+    v.copy_from_slice(&tmp[..q]);
+    solve_lower_small(lchol, q, v);
+}
+
+/// λᵀ M for a q × ncols column-major block M (rows mixed within the block).
+fn lambda_left_rows_dense(mtx: &mut [f64], q: usize, ncols: usize, lam: &[f64]) {
+    lambda_left_rows(mtx, q, ncols, q, 0, lam);
+}
+
+/// Λ_restᵀ applied to the sparse rows of one block column of A₂₁ (values row-major, q₁ each).
+fn mix_rest_rows(vals: &mut [f64], rows: &[usize], q1: usize, rest_rows: &[RestRow], lambdas: &[Vec<f64>], terms: &[Term]) {
+    let mut i = 0;
+    while i < rows.len() {
+        let info = rest_rows[rows[i]];
+        debug_assert_eq!(info.c, 0);
+        let q = terms[info.term].q;
+        let lam = &lambdas[info.term];
+        if q == 1 {
+            let s = lam[0];
+            for v in &mut vals[i * q1..(i + 1) * q1] {
+                *v *= s;
+            }
+        } else {
+            // rows i..i+q form one level group; row c ← Σ_{c' ≥ c} λ[c', c] row c'.
+            for c in 0..q {
+                for col in 0..q1 {
+                    let mut s = 0.0;
+                    for c2 in c..q {
+                        s += lam[c * q + c2] * vals[(i + c2) * q1 + col];
+                    }
+                    vals[(i + c) * q1 + col] = s;
+                }
+            }
+        }
+        i += q;
+    }
+}
+
+/// Λ_restᵀ v for a dense vector over the rest rows.
+fn mix_rest_vector(v: &mut [f64], rest_rows: &[RestRow], rest_offsets: &[usize], lambdas: &[Vec<f64>], terms: &[Term]) {
+    for (k, t) in terms.iter().enumerate().skip(1) {
+        let lam = &lambdas[k];
+        let q = t.q;
+        let off = rest_offsets[k];
+        for lev in 0..t.n_levels {
+            let base = off + lev * q;
+            for c in 0..q {
+                let mut s = 0.0;
+                for c2 in c..q {
+                    s += lam[c * q + c2] * v[base + c2];
+                }
+                v[base + c] = s;
+            }
+        }
+    }
+    let _ = rest_rows;
+}
+
+/// S ← Λ_restᵀ S Λ_rest for the dense symmetric m × m rest block.
+fn scale_rest_sym(s: &mut Mat<f64>, rest_rows: &[RestRow], rest_offsets: &[usize], lambdas: &[Vec<f64>], terms: &[Term]) {
+    let m = s.nrows();
+    let all_scalar = terms.iter().skip(1).all(|t| t.q == 1);
+    if all_scalar {
+        let scale: Vec<f64> = rest_rows.iter().map(|r| lambdas[r.term][0]).collect();
+        for col in 0..m {
+            let sc = scale[col];
+            let c = s.as_mut().col_mut(col).try_as_col_major_mut().unwrap().as_slice_mut();
+            for (v, &sr) in c.iter_mut().zip(&scale) {
+                *v *= sr * sc;
+            }
+        }
+        return;
+    }
+    // Right multiply: columns of each level group mixed by λ.
+    for (k, t) in terms.iter().enumerate().skip(1) {
+        let q = t.q;
+        let lam = &lambdas[k];
+        for lev in 0..t.n_levels {
+            let base = rest_offsets[k] + lev * q;
+            for c in 0..q {
+                for row in 0..m {
+                    let mut acc = 0.0;
+                    for c2 in c..q {
+                        acc += s[(row, base + c2)] * lam[c * q + c2];
+                    }
+                    s[(row, base + c)] = acc;
+                }
+            }
+        }
+    }
+    // Left multiply by Λᵀ: rows of each level group.
+    for col in 0..m {
+        let c = s.as_mut().col_mut(col).try_as_col_major_mut().unwrap().as_slice_mut();
+        mix_rest_vector(c, rest_rows, rest_offsets, lambdas, terms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small pseudo-random generator so the tests need no extra crate state.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
+        }
+        fn normal(&mut self) -> f64 {
+            let (u1, u2) = (self.next().max(1e-300), self.next());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        }
+        fn below(&mut self, k: usize) -> usize {
+            ((self.next() * k as f64) as usize).min(k - 1)
+        }
+    }
+
+    struct Design {
+        y: Vec<f64>,
+        x: Mat<f64>,
+        terms: Vec<Term>,
+    }
+
+    /// Crossed design: term 0 (q=2, 7 levels), term 1 (q=1, 5 levels), term 2 (q=2, 3 levels).
+    fn random_design(seed: u64, n: usize) -> Design {
+        let mut g = Lcg(seed);
+        let p = 2;
+        let mut x = Mat::<f64>::zeros(n, p);
+        let mut y = vec![0.0; n];
+        for i in 0..n {
+            x[(i, 0)] = 1.0;
+            x[(i, 1)] = g.normal();
+            y[i] = 1.0 + 0.5 * x[(i, 1)] + g.normal();
+        }
+        let shapes = [(2usize, 7usize), (1, 5), (2, 3)];
+        let mut terms = Vec::new();
+        for (k, &(q, nl)) in shapes.iter().enumerate() {
+            let mut codes = vec![0i32; n];
+            let mut z = vec![0.0; n * q];
+            for i in 0..n {
+                codes[i] = if i < nl { i as i32 } else { g.below(nl) as i32 };
+                z[i * q] = 1.0;
+                for c in 1..q {
+                    z[i * q + c] = g.normal();
+                }
+                y[i] += g.normal();
+            }
+            terms.push(Term::new(&codes, z, q, nl, k).unwrap());
+        }
+        Design { y, x, terms }
+    }
+
+    /// Dense brute force: Z, Λ, and the full Cholesky of the blocked system.
+    fn dense_objective(d: &Design, theta: &[f64], reml: bool) -> (f64, Mat<f64>, Mat<f64>) {
+        let n = d.y.len();
+        let p = d.x.ncols();
+        let qtot: usize = d.terms.iter().map(|t| t.q * t.n_levels).sum();
+        let mut zl = Mat::<f64>::zeros(n, qtot);
+        let mut off = 0;
+        let mut toff = 0;
+        for t in &d.terms {
+            let nt = t.q * (t.q + 1) / 2;
+            let mut lam = vec![0.0; t.q * t.q];
+            theta_to_lambda(&theta[toff..toff + nt], t.q, &mut lam);
+            for i in 0..n {
+                let lev = t.codes[i] as usize;
+                let z = t.z_row(i);
+                for c in 0..t.q {
+                    // (zᵀ λ)[c] = Σ_{r ≥ c} z[r] λ[r, c]
+                    let mut s = 0.0;
+                    for r in c..t.q {
+                        s += z[r] * lam[c * t.q + r];
+                    }
+                    zl[(i, off + lev * t.q + c)] = s;
+                }
+            }
+            off += t.q * t.n_levels;
+            toff += nt;
+        }
+        let dim = qtot + p + 1;
+        let mut w = Mat::<f64>::zeros(n, dim);
+        w.as_mut().get_mut(.., ..qtot).copy_from(zl.as_ref());
+        w.as_mut().get_mut(.., qtot..qtot + p).copy_from(d.x.as_ref());
+        for i in 0..n {
+            w[(i, dim - 1)] = d.y[i];
+        }
+        let mut a = Mat::<f64>::zeros(dim, dim);
+        matmul(a.as_mut(), Accum::Replace, w.transpose(), w.as_ref(), 1.0, Par::Seq);
+        for i in 0..qtot {
+            a[(i, i)] += 1.0;
+        }
+        let a_copy = a.clone();
+        let llt = a.llt(faer::Side::Lower).unwrap();
+        let l = llt.L().to_owned();
+        let mut ld = 0.0;
+        for i in 0..qtot {
+            ld += 2.0 * l[(i, i)].ln();
+        }
+        let mut ldx = 0.0;
+        for i in qtot..qtot + p {
+            ldx += 2.0 * l[(i, i)].ln();
+        }
+        let r2 = l[(dim - 1, dim - 1)].powi(2);
+        let nf = n as f64;
+        let obj = if reml {
+            let nmp = nf - p as f64;
+            ld + ldx + nmp * (1.0 + (2.0 * std::f64::consts::PI * r2 / nmp).ln())
+        } else {
+            ld + nf * (1.0 + (2.0 * std::f64::consts::PI * r2 / nf).ln())
+        };
+        (obj, l, a_copy)
+    }
+
+    fn random_theta(g: &mut Lcg, model: &Model) -> Vec<f64> {
+        model
+            .lower_bounds()
+            .iter()
+            .map(|&lb| if lb == 0.0 { 0.2 + 1.5 * g.next() } else { g.normal() * 0.5 })
+            .collect()
+    }
+
+    #[test]
+    fn objective_matches_dense_brute_force() {
+        for seed in 1..6u64 {
+            let d = random_design(seed, 60);
+            for reml in [false, true] {
+                let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), reml).unwrap();
+                let mut g = Lcg(seed * 77);
+                for _ in 0..4 {
+                    let theta = random_theta(&mut g, &model);
+                    let ours = model.objective(&theta).unwrap();
+                    let (dense, _, _) = dense_objective(&d, &theta, reml);
+                    assert!((ours - dense).abs() < 1e-8 * dense.abs().max(1.0), "seed {seed} reml {reml}: {ours} vs {dense}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_factor_reproduces_the_blocked_matrix() {
+        // L·Lᵀ = ΛᵀAΛ + I in every block the core stores (block 1 diag, rest, X/y).
+        let d = random_design(11, 50);
+        let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), false).unwrap();
+        let mut g = Lcg(5);
+        let theta = random_theta(&mut g, &model);
+        model.update_l(&theta).unwrap();
+        let (_, ldense, a) = dense_objective(&d, &theta, false);
+        // The dense factor is unique, so diagonal entries of ours equal its diagonal.
+        let q1 = model.terms[0].q;
+        let l1 = model.terms[0].n_levels;
+        for j in 0..l1 {
+            for c in 0..q1 {
+                let ours = model.l.l11[j * q1 * q1 + c * q1 + c];
+                assert!((ours - ldense[(j * q1 + c, j * q1 + c)]).abs() < 1e-10);
+            }
+        }
+        let off = q1 * l1;
+        for r in 0..model.m {
+            for c in 0..=r {
+                assert!((model.l.l22[(r, c)] - ldense[(off + r, off + c)]).abs() < 1e-9);
+            }
+        }
+        let off3 = off + model.m;
+        for r in 0..=model.p {
+            for c in 0..=r {
+                assert!((model.l.l33[(r, c)] - ldense[(off3 + r, off3 + c)]).abs() < 1e-9);
+            }
+        }
+        // and the dense factor reproduces A (so ours does too).
+        let mut llt = Mat::<f64>::zeros(a.nrows(), a.ncols());
+        matmul(llt.as_mut(), Accum::Replace, ldense.as_ref(), ldense.transpose(), 1.0, Par::Seq);
+        for r in 0..a.nrows() {
+            for c in 0..a.ncols() {
+                assert!((llt[(r, c)] - a[(r, c)]).abs() < 1e-9 * a[(r, c)].abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn estimates_solve_the_penalised_least_squares_problem() {
+        // At any θ, (u, β) minimise ‖y − Xβ − ZΛu‖² + ‖u‖²: the normal equations hold.
+        let d = random_design(3, 70);
+        for reml in [false, true] {
+            let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), reml).unwrap();
+            let theta = random_theta(&mut Lcg(9), &model);
+            let est = model.estimates(&theta).unwrap();
+            let n = d.y.len();
+            // Xᵀ resid = 0.
+            for c in 0..d.x.ncols() {
+                let s: f64 = (0..n).map(|i| d.x[(i, c)] * est.resid[i]).sum();
+                assert!(s.abs() < 1e-8, "X'r = {s}");
+            }
+            // For b = Λu: Λᵀ Zᵀ resid = u, checked through the term with scalar λ (term 1).
+            let t = &d.terms[1];
+            let lam = theta[model.theta_offsets[1]];
+            for lev in 0..t.n_levels {
+                let s: f64 = (0..n).filter(|&i| t.codes[i] as usize == lev).map(|i| est.resid[i]).sum();
+                let u = est.b[1][lev] / lam;
+                assert!((lam * s - u).abs() < 1e-8, "level {lev}: {} vs {}", lam * s, u);
+            }
+            // σ² = r²/dof with r² = ‖resid‖² + ‖u‖².
+            let mut pen = 0.0;
+            let mut u_all = Vec::new();
+            for (k, tk) in d.terms.iter().enumerate() {
+                let off = model.theta_offsets[k];
+                let mut lamk = vec![0.0; tk.q * tk.q];
+                theta_to_lambda(&theta[off..off + tk.q * (tk.q + 1) / 2], tk.q, &mut lamk);
+                for lev in 0..tk.n_levels {
+                    let mut bb = est.b[k][lev * tk.q..(lev + 1) * tk.q].to_vec();
+                    solve_lower_small(&lamk, tk.q, &mut bb);
+                    u_all.extend(bb);
+                }
+            }
+            for u in &u_all {
+                pen += u * u;
+            }
+            let rss: f64 = est.resid.iter().map(|r| r * r).sum();
+            let dof = if reml { (n - 2) as f64 } else { n as f64 };
+            assert!(((rss + pen) / dof - est.sigma * est.sigma).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn single_term_model_has_no_rest_block() {
+        let mut d = random_design(4, 40);
+        d.terms.truncate(1);
+        let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+        assert_eq!(model.m, 0);
+        let theta = vec![0.8, 0.1, 0.4];
+        let ours = model.objective(&theta).unwrap();
+        let (dense, _, _) = dense_objective(&d, &theta, true);
+        assert!((ours - dense).abs() < 1e-9 * dense.abs());
+    }
+
+    #[test]
+    fn bad_codes_are_reported_with_the_row() {
+        let err = Term::new(&[0, 1, 5], vec![1.0; 3], 1, 2, 0).unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::CodeOutOfRange {
+                term: 0,
+                row: 2,
+                code: 5,
+                n_levels: 2
+            }
+        );
+    }
+}

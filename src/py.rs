@@ -1,0 +1,222 @@
+//! The Python boundary: the only module that touches pyo3 or numpy.
+//!
+//! Every entry point follows one shape (`run_core`): copy the borrowed numpy inputs into owned
+//! Rust data, release the GIL, compute, catch any panic, map `CoreError` onto the exception
+//! hierarchy of `interlace.exceptions`, and move the outputs into fresh numpy arrays.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use faer::Mat;
+use numpy::ndarray::{Array2, Array3};
+use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::error::CoreError;
+use crate::model::{Estimates, Model, Term};
+use crate::optimize::{fit, FitOptions, OptimizationRecord};
+
+/// Raises the `interlace.exceptions` class that fits the core error.
+fn to_pyerr(py: Python<'_>, err: CoreError) -> PyErr {
+    let class = match &err {
+        CoreError::NotPositiveDefinite { .. } | CoreError::Internal { .. } => "NumericalError",
+        CoreError::TooLarge { .. } => "InterlaceError",
+        _ => "DataError",
+    };
+    let message = err.to_string();
+    match py
+        .import("interlace.exceptions")
+        .and_then(|m| m.getattr(class))
+    {
+        Ok(cls) => match cls.call1((message.clone(),)) {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(_) => PyValueError::new_err(message),
+        },
+        Err(_) => PyValueError::new_err(message),
+    }
+}
+
+/// Releases the GIL around `f`, turns a panic into `CoreError::Internal`, and a `CoreError`
+/// into the matching Python exception.
+fn run_core<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, CoreError> + Send) -> PyResult<T> {
+    let outcome = py.detach(|| {
+        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+            let reason = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic in the numerical core".to_string());
+            Err(CoreError::Internal { reason })
+        })
+    });
+    outcome.map_err(|e| to_pyerr(py, e))
+}
+
+/// A linear mixed model ready to be evaluated at any θ (see `_core.pyi`).
+#[pyclass(module = "interlace._core", name = "Model")]
+struct PyModel {
+    inner: Model,
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        y: PyReadonlyArray1<'_, f64>,
+        x: PyReadonlyArray2<'_, f64>,
+        codes: Vec<PyReadonlyArray1<'_, i32>>,
+        z: Vec<PyReadonlyArray2<'_, f64>>,
+        n_levels: Vec<usize>,
+        reml: bool,
+    ) -> PyResult<Self> {
+        if codes.len() != z.len() || codes.len() != n_levels.len() {
+            return Err(to_pyerr(
+                py,
+                CoreError::DimensionMismatch {
+                    what: "number of random-effects terms (codes, z, n_levels)".into(),
+                    expected: codes.len(),
+                    found: z.len().min(n_levels.len()),
+                },
+            ));
+        }
+        // Copy everything out of numpy memory before releasing the GIL: no Rust view into a
+        // numpy buffer outlives this call.
+        let y: Vec<f64> = y.as_array().iter().copied().collect();
+        let xa = x.as_array();
+        let (n, p) = (xa.nrows(), xa.ncols());
+        let xm = Mat::<f64>::from_fn(n, p, |i, j| xa[[i, j]]);
+        let mut raw_terms = Vec::with_capacity(codes.len());
+        for (k, (c, zk)) in codes.iter().zip(&z).enumerate() {
+            let za = zk.as_array();
+            if za.nrows() != c.as_array().len() {
+                return Err(to_pyerr(
+                    py,
+                    CoreError::DimensionMismatch {
+                        what: format!("rows of the model matrix of random-effects term {k}"),
+                        expected: c.as_array().len(),
+                        found: za.nrows(),
+                    },
+                ));
+            }
+            let q = za.ncols();
+            let mut zr = Vec::with_capacity(za.len());
+            for i in 0..za.nrows() {
+                for j in 0..q {
+                    zr.push(za[[i, j]]);
+                }
+            }
+            let cv: Vec<i32> = c.as_array().iter().copied().collect();
+            raw_terms.push((cv, zr, q));
+        }
+        let inner = run_core(py, move || {
+            let mut terms = Vec::with_capacity(raw_terms.len());
+            for (k, (cv, zr, q)) in raw_terms.into_iter().enumerate() {
+                terms.push(Term::new(&cv, zr, q, n_levels[k], k)?);
+            }
+            Model::new(&y, xm.as_ref(), terms, reml)
+        })?;
+        Ok(PyModel { inner })
+    }
+
+    #[getter]
+    fn n_theta(&self) -> usize {
+        self.inner.n_theta()
+    }
+
+    #[getter]
+    fn lower_bounds<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.inner.lower_bounds().into_pyarray(py).into_any()
+    }
+
+    #[getter]
+    fn theta_start<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.inner.theta_start().into_pyarray(py).into_any()
+    }
+
+    fn objective(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
+        let theta: Vec<f64> = theta.as_array().iter().copied().collect();
+        let model = &mut self.inner;
+        run_core(py, move || model.objective(&theta))
+    }
+
+    fn estimates<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Bound<'py, PyDict>> {
+        let theta: Vec<f64> = theta.as_array().iter().copied().collect();
+        let model = &mut self.inner;
+        let est = run_core(py, move || model.estimates(&theta))?;
+        estimates_to_dict(py, est, &self.inner)
+    }
+
+    #[pyo3(signature = (theta0=None, rho_begin=0.2, rho_end=1e-7, max_evals=0))]
+    fn fit<'py>(
+        &mut self,
+        py: Python<'py>,
+        theta0: Option<PyReadonlyArray1<'_, f64>>,
+        rho_begin: f64,
+        rho_end: f64,
+        max_evals: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if !(rho_begin.is_finite() && rho_begin > 0.0 && rho_end.is_finite() && rho_end > 0.0) {
+            return Err(to_pyerr(
+                py,
+                CoreError::InvalidTheta {
+                    reason: format!("optimiser radii must be positive and finite (rho_begin={rho_begin}, rho_end={rho_end})"),
+                },
+            ));
+        }
+        let theta0: Option<Vec<f64>> = theta0.map(|t| t.as_array().iter().copied().collect());
+        let options = FitOptions {
+            rho_begin,
+            rho_end,
+            max_evals,
+        };
+        let model = &mut self.inner;
+        let (est, record) = run_core(py, move || fit(model, theta0.as_deref(), options))?;
+        let dict = estimates_to_dict(py, est, &self.inner)?;
+        record_into(py, &dict, record)?;
+        Ok(dict)
+    }
+}
+
+fn estimates_to_dict<'py>(py: Python<'py>, est: Estimates, model: &Model) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let p = est.beta.len();
+    d.set_item("theta", est.theta.into_pyarray(py))?;
+    d.set_item("objective", est.objective)?;
+    d.set_item("beta", est.beta.into_pyarray(py))?;
+    d.set_item("sigma", est.sigma)?;
+    // beta_cov is column-major p × p; as it is symmetric, reading it row-major is the same.
+    let cov = Array2::from_shape_vec((p, p), est.beta_cov).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    d.set_item("beta_cov", cov.into_pyarray(py))?;
+    let mut b_list = Vec::new();
+    let mut cov_list = Vec::new();
+    for ((bk, ck), t) in est.b.into_iter().zip(est.b_cond_cov).zip(model.terms()) {
+        let (nl, q) = (t.n_levels, t.q);
+        let bk = Array2::from_shape_vec((nl, q), bk).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // each q × q block is symmetric, so its column-major layout reads the same row-major.
+        let ck = Array3::from_shape_vec((nl, q, q), ck).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        b_list.push(bk.into_pyarray(py));
+        cov_list.push(ck.into_pyarray(py));
+    }
+    d.set_item("b", b_list)?;
+    d.set_item("b_cond_cov", cov_list)?;
+    d.set_item("fitted", est.fitted.into_pyarray(py))?;
+    d.set_item("resid", est.resid.into_pyarray(py))?;
+    Ok(d)
+}
+
+fn record_into(py: Python<'_>, d: &Bound<'_, PyDict>, record: OptimizationRecord) -> PyResult<()> {
+    d.set_item("n_evals", record.n_evals)?;
+    d.set_item("status", record.status)?;
+    d.set_item("converged", record.converged)?;
+    d.set_item("gradient", record.gradient.into_pyarray(py))?;
+    Ok(())
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -98,7 +98,7 @@ impl Term {
 
 /// The blocked crossproduct A = [Z X y]ᵀ[Z X y], formed once per model.
 #[derive(Debug, Clone)]
-struct Crossprod {
+pub(crate) struct Crossprod {
     /// Z₁ᵀZ₁: one q₁×q₁ block (column-major) per level of term 1.
     a11: Vec<f64>,
     /// Z_restᵀZ₁ as a sparse block column per level j of term 1: rows `rows[ptr[j]..ptr[j+1]]`
@@ -118,7 +118,7 @@ struct Crossprod {
 
 /// The blocked lower Cholesky factor L(θ), overwritten in place for every θ.
 #[derive(Debug, Clone)]
-struct Factor {
+pub(crate) struct Factor {
     l11: Vec<f64>,
     l21_vals: Vec<f64>,
     l22: Mat<f64>,
@@ -130,7 +130,7 @@ struct Factor {
 /// Where the rows of the "rest" block come from: for rest row r, the term index and the
 /// position c of the row within its level group (rows of a level are contiguous).
 #[derive(Debug, Clone, Copy)]
-struct RestRow {
+pub(crate) struct RestRow {
     term: usize,
     c: usize,
 }
@@ -155,30 +155,30 @@ pub struct Estimates {
 /// A linear mixed model: the data, its blocked crossproduct, and the factor workspace.
 #[derive(Debug, Clone)]
 pub struct Model {
-    n: usize,
-    p: usize,
-    reml: bool,
-    y: Vec<f64>,
+    pub(crate) n: usize,
+    pub(crate) p: usize,
+    pub(crate) reml: bool,
+    pub(crate) y: Vec<f64>,
     /// n × p, column-major.
-    x: Mat<f64>,
-    terms: Vec<Term>,
-    theta_offsets: Vec<usize>,
-    n_theta: usize,
+    pub(crate) x: Mat<f64>,
+    pub(crate) terms: Vec<Term>,
+    pub(crate) theta_offsets: Vec<usize>,
+    pub(crate) n_theta: usize,
     /// Offset of each term k ≥ 1 within the rest block (unused for term 0).
-    rest_offsets: Vec<usize>,
-    rest_rows: Vec<RestRow>,
-    m: usize,
-    a: Crossprod,
-    l: Factor,
+    pub(crate) rest_offsets: Vec<usize>,
+    pub(crate) rest_rows: Vec<RestRow>,
+    pub(crate) m: usize,
+    pub(crate) a: Crossprod,
+    pub(crate) l: Factor,
     /// λ_k, q_k × q_k column-major, for the θ last set.
-    lambdas: Vec<Vec<f64>>,
-    chol_buffer: Scratch,
-    par: Par,
+    pub(crate) lambdas: Vec<Vec<f64>>,
+    pub(crate) chol_buffer: Scratch,
+    pub(crate) par: Par,
 }
 
 /// Scratch memory for the dense Cholesky, sized once per model (cloning a model gives the
 /// clone its own buffer, so parallel workers never share one).
-struct Scratch {
+pub(crate) struct Scratch {
     req: faer::dyn_stack::StackReq,
     buffer: MemBuffer,
 }

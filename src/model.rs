@@ -671,6 +671,20 @@ impl Model {
         }
     }
 
+    /// The pieces of the objective at θ: (log|L_θ|², log|R_X|², r²), where r² is the penalised
+    /// residual sum of squares. With them the unprofiled −2 log-likelihood at any σ is
+    /// log|L_θ|² + [log|R_X|²] + dof·log(2πσ²) + r²/σ² (dof = n − p for REML, n for ML).
+    pub fn deviance_parts(&mut self, theta: &[f64]) -> CoreResult<(f64, f64, f64)> {
+        self.update_l(theta)?;
+        let p = self.p;
+        let mut ldx = 0.0;
+        for c in 0..p {
+            ldx += self.l.l33[(c, c)].ln();
+        }
+        let r = self.l.l33[(p, p)];
+        Ok((self.logdet_re(), 2.0 * ldx, r * r))
+    }
+
     /// REML criterion or deviance (−2 log-likelihood) profiled over β and σ.
     pub fn objective(&mut self, theta: &[f64]) -> CoreResult<f64> {
         self.update_l(theta)?;

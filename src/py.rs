@@ -141,6 +141,13 @@ impl PyModel {
         run_core(py, move || model.objective(&theta))
     }
 
+    /// (log|L_θ|², log|R_X|², r²) at θ: see `Model::deviance_parts`.
+    fn deviance_parts(&mut self, py: Python<'_>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<(f64, f64, f64)> {
+        let theta: Vec<f64> = theta.as_array().iter().copied().collect();
+        let model = &mut self.inner;
+        run_core(py, move || model.deviance_parts(&theta))
+    }
+
     fn estimates<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Bound<'py, PyDict>> {
         let theta: Vec<f64> = theta.as_array().iter().copied().collect();
         let model = &mut self.inner;

@@ -35,6 +35,10 @@ class Model:
     def theta_start(self) -> npt.NDArray[np.float64]: ...
     def objective(self, theta: npt.NDArray[np.float64]) -> float:
         """REML criterion (reml=True) or deviance, -2 log-likelihood, profiled over β and σ."""
+    def deviance_parts(self, theta: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+        """(log|L_θ|², log|R_X|², r²) at θ; r² is the penalised residual sum of squares. The
+        unprofiled -2 log-likelihood at σ is log|L_θ|² [+ log|R_X|² for REML] + dof·log(2πσ²)
+        + r²/σ², dof = n - p (REML) or n (ML)."""
     def fit(
         self,
         theta0: npt.NDArray[np.float64] | None = None,

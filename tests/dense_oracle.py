@@ -403,9 +403,10 @@ def make_design(
     )
 
 
-# --- the lme4 reference cases in tests/data/oracle ---------------------------------------------
+# --- the lme4 reference cases in tests/data/reference ------------------------------------------
 
-ORACLE_DATA = Path(__file__).resolve().parent / "data" / "oracle"
+REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "reference"
+ORACLE_DATA = REFERENCE_DIR / "data"
 
 #: case id → (CSV, response, fixed effects, random terms, formula), as lme4 fitted them.
 ORACLE_CASES: dict[str, tuple[str, str, dict[str, str | float], list[Any], str]] = {
@@ -469,8 +470,8 @@ ORACLE_CASES: dict[str, tuple[str, str, dict[str, str | float], list[Any], str]]
 
 
 def oracle_case(case: str) -> tuple[SimpleNamespace, dict[str, Any]]:
-    """The design-like object and lme4's reference values of one case in tests/data/oracle."""
+    """The design-like object and lme4's reference values of one case in tests/data/reference."""
     dataset, response, fixed, random, formula = ORACLE_CASES[case]
     frame = pd.read_csv(ORACLE_DATA / f"{dataset}.csv")
-    reference = json.loads((ORACLE_DATA / f"{case}.json").read_text())
+    reference = json.loads((REFERENCE_DIR / f"{case}.json").read_text())
     return make_design(frame, response, fixed, random, formula), reference

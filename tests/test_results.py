@@ -1,7 +1,7 @@
 """LmmResult against lme4 1.1-31: labels, derived quantities, warnings and the printed summary.
 
 The numbers come from the dense oracle's fit (tests/dense_oracle.py) labelled by
-``LmmResult.from_core``; they are compared with lme4's, copied into tests/data/oracle, at the
+``LmmResult.from_core``; they are compared with lme4's, copied into tests/data/reference, at the
 conformance checker's tolerances. Identities (t = β̂/SE, sdcor² = vcov, ...) are checked exactly.
 """
 

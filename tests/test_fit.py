@@ -68,7 +68,9 @@ def test_core_objective_equals_dense_brute_force(formula: str, reml: bool) -> No
     rng = np.random.default_rng(7)
     lower = np.asarray(model.lower_bounds)
     for _ in range(5):
-        theta = np.where(lower == 0, rng.uniform(0.05, 2.0, lower.size), rng.normal(0, 0.5, lower.size))
+        theta = np.where(
+            lower == 0, rng.uniform(0.05, 2.0, lower.size), rng.normal(0, 0.5, lower.size)
+        )
         ours = model.objective(theta)
         dense = dense_objective(design, theta, reml)
         assert ours == pytest.approx(dense, rel=1e-10, abs=1e-8)
@@ -255,7 +257,9 @@ def test_data_of_the_wrong_type() -> None:
 
 
 def test_start_of_the_wrong_length() -> None:
-    raises(InterlaceError, r"start has 1 values.*3", "y ~ x + (x | a)", crossed_frame(0), start=[1.0])
+    raises(
+        InterlaceError, r"start has 1 values.*3", "y ~ x + (x | a)", crossed_frame(0), start=[1.0]
+    )
 
 
 # --- the compiled boundary never panics ----------------------------------------------------------
@@ -265,7 +269,9 @@ def test_core_rejects_out_of_range_codes_with_a_data_error() -> None:
     y = np.ones(4)
     x = np.ones((4, 1), order="F")
     with pytest.raises(DataError, match="level code 7 at row 2"):
-        _core.Model(y, x, [np.array([0, 1, 7, 0], dtype=np.int32)], [np.ones((4, 1), order="F")], [2], True)
+        _core.Model(
+            y, x, [np.array([0, 1, 7, 0], dtype=np.int32)], [np.ones((4, 1), order="F")], [2], True
+        )
 
 
 def test_core_rejects_mismatched_sizes_and_bad_theta() -> None:

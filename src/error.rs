@@ -63,7 +63,7 @@ impl fmt::Display for CoreError {
             CoreError::Unsupported { reason } => write!(f, "unsupported model: {reason}"),
             CoreError::TooLarge { bytes, limit } => write!(
                 f,
-                "the factor needs about {:.1} GB, more than the {:.1} GB allowed",
+                "the model needs about {:.1} GB of memory, more than the {:.1} GB available; use fewer levels in the grouping factors other than the largest, or a machine with more memory",
                 *bytes as f64 / 1e9,
                 *limit as f64 / 1e9
             ),

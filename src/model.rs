@@ -269,6 +269,15 @@ impl Model {
             }
         }
         let m = rest_rows.len();
+        let needed = Self::estimated_bytes(n, p, &terms, m);
+        if let Some(limit) = available_memory_bytes() {
+            if needed > limit {
+                return Err(CoreError::TooLarge {
+                    bytes: needed,
+                    limit,
+                });
+            }
+        }
 
         let a = Self::crossprod(y, x, &terms, &rest_offsets, m);
         let q1 = terms[0].q;
@@ -301,6 +310,23 @@ impl Model {
             chol_buffer: Scratch::new(scratch),
             par,
         })
+    }
+
+    /// Bytes the model will hold: the data copy, the crossproduct and the factor. The dense rest
+    /// block (two m × m matrices, A₂₂ and L₂₂, plus L₂₂⁻¹ when estimates are formed) dominates
+    /// for large crossed designs.
+    pub fn estimated_bytes(n: usize, p: usize, terms: &[Term], m: usize) -> u128 {
+        let (n, p, m) = (n as u128, p as u128, m as u128);
+        let q_sum: u128 = terms.iter().map(|t| t.q as u128).sum();
+        let first: u128 = terms.first().map_or(0, |t| (t.q * t.q * t.n_levels) as u128);
+        let a21_upper_bound = n * q_sum * q_sum; // at most one entry per observation and pair
+        let doubles = n * (p + 1) // y and X
+            + n * q_sum // term model matrices
+            + 2 * first // A₁₁ and L₁₁
+            + 2 * a21_upper_bound // A₂₁ and L₂₁ (values)
+            + 3 * m * m // A₂₂, L₂₂, and L₂₂⁻¹ for the conditional variances
+            + 2 * (m + first) * (p + 1); // A₃₁, A₃₂ and their factors
+        doubles * 8 + n * 4 * terms.len() as u128
     }
 
     fn crossprod(y: &[f64], x: MatRef<'_, f64>, terms: &[Term], rest_offsets: &[usize], m: usize) -> Crossprod {
@@ -907,6 +933,14 @@ impl Model {
         }
         out
     }
+}
+
+/// The memory the operating system reports as available (Linux `MemAvailable`), if known.
+fn available_memory_bytes() -> Option<u128> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// dst = σ² λ B λᵀ for q × q column-major matrices (λ lower triangular).

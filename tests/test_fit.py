@@ -286,3 +286,13 @@ def test_core_rejects_mismatched_sizes_and_bad_theta() -> None:
     with pytest.raises(DataError, match="not finite"):
         model.objective(np.array([np.nan]))
     assert not issubclass(NumericalError, DataError)
+
+
+def test_a_model_too_large_for_memory_stops_early_with_the_estimate() -> None:
+    # Two crossed factors of 40,000 levels: the dense second block alone would need ~38 GB.
+    n_levels = 40_000
+    a = np.concatenate([np.arange(n_levels), np.arange(n_levels)])
+    b = np.concatenate([np.arange(n_levels), np.roll(np.arange(n_levels), 1)])
+    data = pd.DataFrame({"y": np.random.default_rng(0).normal(size=a.size), "a": a, "b": b})
+    with pytest.raises(InterlaceError, match=r"needs about \d+\.\d GB of memory"):
+        interlace.fit("y ~ 1 + (1 | a) + (1 | b)", data)

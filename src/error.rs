@@ -31,6 +31,8 @@ pub enum CoreError {
     Unsupported { reason: String },
     /// The estimated memory of the factor exceeds what the caller allowed.
     TooLarge { bytes: u128, limit: u128 },
+    /// The caller asked to stop (Ctrl-C in Python).
+    Interrupted,
     /// A Rust panic, caught at the boundary (a bug: it should never happen).
     Internal { reason: String },
 }
@@ -67,6 +69,7 @@ impl fmt::Display for CoreError {
                 *bytes as f64 / 1e9,
                 *limit as f64 / 1e9
             ),
+            CoreError::Interrupted => write!(f, "interrupted"),
             CoreError::Internal { reason } => write!(f, "internal error: {reason}"),
         }
     }

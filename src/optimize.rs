@@ -8,6 +8,11 @@ use bobyqa::{Bobyqa, Config, Status};
 use crate::error::{CoreError, CoreResult};
 use crate::model::{Estimates, Model};
 
+/// Returned by the objective to stop the solver; far below any deviance (which is ≥ −n·log 2π·…
+/// only for degenerate data, and then finite and moderate).
+const STOP_VALUE: f64 = -1e300;
+const STOP_TARGET: f64 = -1e299;
+
 /// Settings of one optimisation.
 #[derive(Debug, Clone, Copy)]
 pub struct FitOptions {
@@ -39,6 +44,17 @@ pub struct OptimizationRecord {
 
 /// Optimises θ from `theta0` (lme4's start when `None`) and returns the estimates at θ̂.
 pub fn fit(model: &mut Model, theta0: Option<&[f64]>, options: FitOptions) -> CoreResult<(Estimates, OptimizationRecord)> {
+    fit_interruptible(model, theta0, options, &mut || false)
+}
+
+/// [`fit`], asking `interrupted` before every evaluation whether to stop; a `true` ends the
+/// optimisation with [`CoreError::Interrupted`] (how Ctrl-C reaches a fit running without the GIL).
+pub fn fit_interruptible(
+    model: &mut Model,
+    theta0: Option<&[f64]>,
+    options: FitOptions,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> CoreResult<(Estimates, OptimizationRecord)> {
     let n_theta = model.n_theta();
     let lower = model.lower_bounds();
     let upper = vec![f64::INFINITY; n_theta];
@@ -61,6 +77,8 @@ pub fn fit(model: &mut Model, theta0: Option<&[f64]>, options: FitOptions) -> Co
     } else {
         (1000 * n_theta * n_theta).max(10_000)
     };
+    // BOBYQA has no abort; an evaluation that reports STOP_VALUE reaches f_target and ends it.
+    config.f_target = STOP_TARGET;
     let mut solver = Bobyqa::new(n_theta, config).map_err(|s| CoreError::Internal {
         reason: format!("optimiser setup failed: {s}"),
     })?;
@@ -68,19 +86,29 @@ pub fn fit(model: &mut Model, theta0: Option<&[f64]>, options: FitOptions) -> Co
     // A failed factorisation inside the loop is reported to BOBYQA as +∞ (it backs off);
     // the first hard error is kept to report if no finite value was ever seen.
     let mut first_error: Option<CoreError> = None;
+    let mut stopped = false;
     let outcome = solver.minimize(
-        |t: &[f64]| match model.objective(t) {
+        |t: &[f64]| {
+            if stopped || interrupted() {
+                stopped = true;
+                return STOP_VALUE;
+            }
+            match model.objective(t) {
             Ok(v) if v.is_finite() => v,
             Ok(_) => f64::INFINITY,
             Err(e) => {
                 first_error.get_or_insert(e);
                 f64::INFINITY
             }
+            }
         },
         &mut theta,
         &lower,
         &upper,
     );
+    if stopped {
+        return Err(CoreError::Interrupted);
+    }
     if !outcome.found_finite() {
         return Err(first_error.unwrap_or(CoreError::Unsupported {
             reason: "the objective is not finite at any θ tried".into(),

@@ -15,10 +15,13 @@ use pyo3::types::PyDict;
 
 use crate::error::CoreError;
 use crate::model::{Estimates, Model, Term};
-use crate::optimize::{fit, FitOptions, OptimizationRecord};
+use crate::optimize::{fit_interruptible, FitOptions, OptimizationRecord};
 
 /// Raises the `interlace.exceptions` class that fits the core error.
 fn to_pyerr(py: Python<'_>, err: CoreError) -> PyErr {
+    if err == CoreError::Interrupted {
+        return pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted");
+    }
     let class = match &err {
         CoreError::NotPositiveDefinite { .. } | CoreError::Internal { .. } => "NumericalError",
         CoreError::TooLarge { .. } => "InterlaceError",
@@ -179,7 +182,17 @@ impl PyModel {
             max_evals,
         };
         let model = &mut self.inner;
-        let (est, record) = run_core(py, move || fit(model, theta0.as_deref(), options))?;
+        // Ctrl-C: between evaluations, at most every 50 ms, briefly take the GIL and let Python
+        // look at its signals (a fit running without the GIL would otherwise ignore them).
+        let mut last_check = std::time::Instant::now();
+        let mut interrupted = move || {
+            if last_check.elapsed() < std::time::Duration::from_millis(50) {
+                return false;
+            }
+            last_check = std::time::Instant::now();
+            Python::attach(|py| py.check_signals().is_err())
+        };
+        let (est, record) = run_core(py, move || fit_interruptible(model, theta0.as_deref(), options, &mut interrupted))?;
         let dict = estimates_to_dict(py, est, &self.inner)?;
         record_into(py, &dict, record)?;
         Ok(dict)

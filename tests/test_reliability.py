@@ -1,0 +1,167 @@
+"""The native core under stress: Ctrl-C, threads, and property tests over random designs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import interlace
+from interlace.api import _core_model
+
+LONG_FIT = textwrap.dedent(
+    """
+    import numpy as np, pandas as pd, sys, time, interlace
+    rng = np.random.default_rng(0)
+    n = 40_000
+    a = rng.integers(0, 3_000, n); b = rng.integers(0, 1_400, n)
+    y = rng.normal(size=n) + rng.normal(size=3_000)[a] + rng.normal(size=1_400)[b]
+    df = pd.DataFrame({"y": y, "a": a, "b": b})
+    print("ready", flush=True)
+    t0 = time.perf_counter()
+    try:
+        interlace.fit("y ~ 1 + (1 | a) + (1 | b)", df)
+    except KeyboardInterrupt:
+        print(f"interrupted {time.perf_counter() - t0:.2f}", flush=True)
+        sys.exit(3)
+    print("finished", flush=True)
+    """
+)
+
+
+def test_ctrl_c_interrupts_a_long_fit_promptly() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LONG_FIT], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    waited = time.perf_counter() - sent
+    assert proc.returncode == 3, out
+    assert out.startswith("interrupted")
+    assert waited < 5.0  # one objective evaluation plus interpreter shutdown, not the whole fit
+
+
+def small_crossed(seed: int, n_a: int, n_b: int, n: int, slope: bool) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a = np.concatenate([np.arange(n_a), rng.integers(0, n_a, n - n_a)])
+    b = np.concatenate([np.arange(n_b), rng.integers(0, n_b, n - n_b)])
+    x = rng.normal(size=n)
+    y = (
+        1.0
+        + 0.5 * x
+        + rng.normal(0, 1.0, n_a)[a]
+        + (rng.normal(0, 0.5, n_a)[a] * x if slope else 0.0)
+        + rng.normal(0, 0.8, n_b)[b]
+        + rng.normal(size=n)
+    )
+    return pd.DataFrame({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b]})
+
+
+def test_concurrent_fits_from_python_threads_are_identical() -> None:
+    data = small_crossed(1, 40, 25, 1_500, slope=True)
+    formula = "y ~ x + (1 + x | a) + (1 | b)"
+    expected = interlace.fit(formula, data)
+    results: list[interlace.results.LmmResult] = []
+
+    def work() -> None:
+        for _ in range(3):
+            results.append(interlace.fit(formula, data))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 12
+    for r in results:
+        np.testing.assert_array_equal(r.theta, expected.theta)
+        np.testing.assert_array_equal(r.fe_params.to_numpy(), expected.fe_params.to_numpy())
+
+
+designs = st.builds(
+    small_crossed,
+    seed=st.integers(0, 2**31 - 1),
+    n_a=st.integers(3, 12),
+    n_b=st.integers(2, 8),
+    n=st.integers(40, 120),
+    slope=st.booleans(),
+)
+formulas = st.sampled_from(
+    [
+        "y ~ x + (1 | a)",
+        "y ~ x + (1 | a) + (1 | b)",
+        "y ~ x + (x | a)",
+        "y ~ 1 + (x || a) + (1 | b)",
+        "y ~ x + (1 | a:b)",
+    ]
+)
+PROPERTY = settings(
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def quiet_fit(formula: str, data: pd.DataFrame, **kwargs) -> interlace.results.LmmResult:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", interlace.InterlaceWarning)
+        return interlace.fit(formula, data, **kwargs)
+
+
+@PROPERTY
+@given(data=designs, formula=formulas, seed=st.integers(0, 1000))
+def test_row_order_does_not_change_the_estimates(data, formula, seed) -> None:
+    try:
+        r1 = quiet_fit(formula, data)
+    except interlace.DataError:
+        return  # a design lme4 refuses too (levels vs observations): refused before the core
+    r2 = quiet_fit(formula, data.sample(frac=1.0, random_state=seed))
+    assert -2 * r2.llf == pytest.approx(-2 * r1.llf, abs=1e-6)
+    np.testing.assert_allclose(r2.fe_params, r1.fe_params, rtol=1e-4, atol=1e-5)
+
+
+@PROPERTY
+@given(data=designs, formula=formulas, scale=st.sampled_from([1e-12, 1e-6, 1e6, 1e12]))
+def test_scaling_y_scales_the_estimates(data, formula, scale) -> None:
+    try:
+        r1 = quiet_fit(formula, data)
+    except interlace.DataError:
+        return
+    r2 = quiet_fit(formula, data.assign(y=data["y"] * scale))
+    # the REML criterion shifts by dof·2·log(scale); θ is scale free
+    dof = r1.nobs - len(r1.fe_params)
+    assert -2 * r2.llf == pytest.approx(-2 * r1.llf + 2 * dof * np.log(scale), abs=1e-5)
+    np.testing.assert_allclose(r2.fe_params, scale * r1.fe_params, rtol=1e-4, atol=1e-5 * scale)
+    assert r2.sigma == pytest.approx(scale * r1.sigma, rel=1e-4)
+
+
+@PROPERTY
+@given(data=designs, formula=formulas, seed=st.integers(0, 2**31 - 1))
+def test_optimum_is_no_worse_than_start_or_random_theta(data, formula, seed) -> None:
+    try:
+        res = quiet_fit(formula, data)
+    except interlace.DataError:
+        return
+    model = _core_model(res.design, reml=True)
+    best = -2 * res.llf
+    assert model.objective(np.asarray(model.theta_start)) >= best - 1e-6
+    rng = np.random.default_rng(seed)
+    lower = np.asarray(model.lower_bounds)
+    for _ in range(20):
+        theta = np.where(lower == 0, rng.uniform(0, 3, lower.size), rng.normal(0, 1, lower.size))
+        assert model.objective(theta) >= best - 1e-6

@@ -106,6 +106,12 @@ pub(crate) struct Crossprod {
     a21_ptr: Vec<usize>,
     a21_rows: Vec<usize>,
     a21_vals: Vec<f64>,
+    /// The same entries indexed by rest row: for row b, `a21_by_row[a21_row_ptr[b]..a21_row_ptr[b+1]]`
+    /// are the entry indices e with `a21_rows[e] == b`, and `a21_block_end[e]` is the end of e's
+    /// block column. The Schur update then walks one column of S at a time (cache resident).
+    a21_row_ptr: Vec<usize>,
+    a21_by_row: Vec<usize>,
+    a21_block_end: Vec<usize>,
     /// Z_restᵀZ_rest, dense m×m (full symmetric).
     a22: Mat<f64>,
     /// Z₁ᵀ[X y], (q₁ℓ₁) × (p+1).
@@ -167,6 +173,8 @@ pub struct Model {
     /// Offset of each term k ≥ 1 within the rest block (unused for term 0).
     pub(crate) rest_offsets: Vec<usize>,
     pub(crate) rest_rows: Vec<RestRow>,
+    /// λ of each rest row when every rest term is scalar (workspace of `update_l`).
+    pub(crate) rest_scale: Vec<f64>,
     pub(crate) m: usize,
     pub(crate) a: Crossprod,
     pub(crate) l: Factor,
@@ -302,6 +310,7 @@ impl Model {
             theta_offsets,
             n_theta,
             rest_offsets,
+            rest_scale: vec![0.0; m],
             rest_rows,
             m,
             a,
@@ -380,6 +389,9 @@ impl Model {
         let mut a21_ptr = vec![0usize; l1 + 1];
         let mut a21_rows = Vec::new();
         let mut a21_vals = Vec::new();
+        let mut a21_row_ptr = vec![0usize; m + 1];
+        let mut a21_by_row = Vec::new();
+        let mut a21_block_end = Vec::new();
         let mut a22 = Mat::<f64>::zeros(m, m);
         let mut a32t = Mat::<f64>::zeros(m, p + 1);
         if m > 0 {
@@ -422,6 +434,25 @@ impl Model {
                 }
                 a21_ptr[j + 1] = a21_rows.len();
             }
+            a21_block_end.resize(a21_rows.len(), 0);
+
+            for j in 0..l1 {
+                for e in a21_ptr[j]..a21_ptr[j + 1] {
+                    a21_block_end[e] = a21_ptr[j + 1];
+                }
+            }
+            for &r in &a21_rows {
+                a21_row_ptr[r + 1] += 1;
+            }
+            for r in 0..m {
+                a21_row_ptr[r + 1] += a21_row_ptr[r];
+            }
+            let mut fill = a21_row_ptr.clone();
+            a21_by_row.resize(a21_rows.len(), 0);
+            for (e, &r) in a21_rows.iter().enumerate() {
+                a21_by_row[fill[r]] = e;
+                fill[r] += 1;
+            }
 
             for i in 0..n {
                 for (k, tk) in terms.iter().enumerate().skip(1) {
@@ -454,6 +485,9 @@ impl Model {
             a21_ptr,
             a21_rows,
             a21_vals,
+            a21_row_ptr,
+            a21_by_row,
+            a21_block_end,
             a22,
             a31t,
             a32t,
@@ -573,27 +607,51 @@ impl Model {
                 }
             }
 
-            // S = Λ_restᵀ A₂₂ Λ_rest + I − Σⱼ L₂₁ⱼ L₂₁ⱼᵀ (lower triangle), then L₂₂ = chol(S).
-            l.l22.as_mut().copy_from(a.a22.as_ref());
-            scale_rest_sym(&mut l.l22, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
-            for d in 0..m {
-                l.l22[(d, d)] += 1.0;
+            // S = Λ_restᵀ A₂₂ Λ_rest + I − Σⱼ L₂₁ⱼ L₂₁ⱼᵀ, lower triangle only (all the Cholesky
+            // reads), then L₂₂ = chol(S). Built one column of S at a time so the scattered
+            // updates of the Schur complement land in a column that stays in cache.
+            let all_scalar = self.terms.iter().skip(1).all(|t| t.q == 1);
+            if !all_scalar {
+                l.l22.as_mut().copy_from(a.a22.as_ref());
+                scale_rest_sym(&mut l.l22, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
             }
-            for j in 0..l1 {
-                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
-                let rows = &a.a21_rows[s..e];
-                let vals = &l.l21_vals[s * q1..e * q1];
-                for ib in 0..rows.len() {
-                    let b = rows[ib];
-                    let vb = &vals[ib * q1..(ib + 1) * q1];
-                    let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
-                    for ia in ib..rows.len() {
-                        let va = &vals[ia * q1..(ia + 1) * q1];
+            let scale = &mut self.rest_scale;
+            if all_scalar {
+                for (sc, r) in scale.iter_mut().zip(&self.rest_rows) {
+                    *sc = self.lambdas[r.term][0];
+                }
+            }
+            for b in 0..m {
+                let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
+                if all_scalar {
+                    let src = a.a22.col(b).try_as_col_major().unwrap().as_slice();
+                    let sb = scale[b];
+                    for r in b..m {
+                        col[r] = src[r] * scale[r] * sb;
+                    }
+                }
+                col[b] += 1.0;
+                let entries = &a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]];
+                if q1 == 1 {
+                    // The common case (a scalar first term): a plain axpy over the block's rows.
+                    for &e in entries {
+                        let end = a.a21_block_end[e];
+                        let vb = l.l21_vals[e];
+                        for (&row, &va) in a.a21_rows[e..end].iter().zip(&l.l21_vals[e..end]) {
+                            col[row] -= va * vb;
+                        }
+                    }
+                    continue;
+                }
+                for &e in entries {
+                    let vb = &l.l21_vals[e * q1..(e + 1) * q1];
+                    for ia in e..a.a21_block_end[e] {
+                        let va = &l.l21_vals[ia * q1..(ia + 1) * q1];
                         let mut dot = 0.0;
                         for c in 0..q1 {
                             dot += va[c] * vb[c];
                         }
-                        col[rows[ia]] -= dot;
+                        col[a.a21_rows[ia]] -= dot;
                     }
                 }
             }
@@ -1092,6 +1150,10 @@ mod tests {
 
     /// Crossed design: term 0 (q=2, 7 levels), term 1 (q=1, 5 levels), term 2 (q=2, 3 levels).
     fn random_design(seed: u64, n: usize) -> Design {
+        random_design_with(seed, n, &[(2, 7), (1, 5), (2, 3)])
+    }
+
+    fn random_design_with(seed: u64, n: usize, shapes: &[(usize, usize)]) -> Design {
         let mut g = Lcg(seed);
         let p = 2;
         let mut x = Mat::<f64>::zeros(n, p);
@@ -1101,7 +1163,6 @@ mod tests {
             x[(i, 1)] = g.normal();
             y[i] = 1.0 + 0.5 * x[(i, 1)] + g.normal();
         }
-        let shapes = [(2usize, 7usize), (1, 5), (2, 3)];
         let mut terms = Vec::new();
         for (k, &(q, nl)) in shapes.iter().enumerate() {
             let mut codes = vec![0i32; n];
@@ -1200,6 +1261,24 @@ mod tests {
                     let ours = model.objective(&theta).unwrap();
                     let (dense, _, _) = dense_objective(&d, &theta, reml);
                     assert!((ours - dense).abs() < 1e-8 * dense.abs().max(1.0), "seed {seed} reml {reml}: {ours} vs {dense}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn objective_matches_dense_when_every_rest_term_is_scalar() {
+        // The all-scalar rest block takes its own (fused, column-wise) path.
+        for (seed, shapes) in [(21u64, vec![(1usize, 9usize), (1, 6), (1, 4)]), (22, vec![(3, 8), (1, 5)])] {
+            let d = random_design_with(seed, 70, &shapes);
+            for reml in [false, true] {
+                let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), reml).unwrap();
+                let mut g = Lcg(seed);
+                for _ in 0..3 {
+                    let theta = random_theta(&mut g, &model);
+                    let ours = model.objective(&theta).unwrap();
+                    let (dense, _, _) = dense_objective(&d, &theta, reml);
+                    assert!((ours - dense).abs() < 1e-8 * dense.abs().max(1.0), "{ours} vs {dense}");
                 }
             }
         }

@@ -52,7 +52,7 @@ pub fn chol_small(a: &mut [f64], q: usize) -> Result<(), usize> {
         for k in 0..j {
             d -= a[k * q + j] * a[k * q + j];
         }
-        if !(d > 0.0) || !d.is_finite() {
+        if d.is_nan() || d <= 0.0 || !d.is_finite() {
             return Err(j);
         }
         let d = d.sqrt();

@@ -2,6 +2,9 @@
 //! MixedModels.jl organises them. The modules here never touch Python; `py` (behind the
 //! `python` feature) is the only boundary.
 
+// Numerical kernels index by the same subscripts as the equations they implement.
+#![allow(clippy::needless_range_loop)]
+
 pub mod dense;
 pub mod error;
 pub mod model;

@@ -12,6 +12,8 @@ use crate::model::{Estimates, Model};
 /// only for degenerate data, and then finite and moderate).
 const STOP_VALUE: f64 = -1e300;
 const STOP_TARGET: f64 = -1e299;
+/// lme4's isSingular tolerance: a diagonal of λ below it counts as on the boundary.
+const SINGULAR_THRESHOLD: f64 = 1e-4;
 
 /// Settings of one optimisation.
 #[derive(Debug, Clone, Copy)]
@@ -83,31 +85,27 @@ pub fn fit_interruptible(
         reason: format!("optimiser setup failed: {s}"),
     })?;
 
-    // A failed factorisation inside the loop is reported to BOBYQA as +∞ (it backs off);
-    // the first hard error is kept to report if no finite value was ever seen.
     let mut first_error: Option<CoreError> = None;
-    let mut stopped = false;
-    let outcome = solver.minimize(
-        |t: &[f64]| {
-            if stopped || interrupted() {
-                stopped = true;
-                return STOP_VALUE;
-            }
-            match model.objective(t) {
-            Ok(v) if v.is_finite() => v,
-            Ok(_) => f64::INFINITY,
-            Err(e) => {
-                first_error.get_or_insert(e);
-                f64::INFINITY
-            }
-            }
-        },
-        &mut theta,
-        &lower,
-        &upper,
-    );
-    if stopped {
-        return Err(CoreError::Interrupted);
+    let mut outcome = minimize(&mut solver, model, &mut theta, &lower, &upper, interrupted, &mut first_error)?;
+    let mut n_evals = outcome.n_eval;
+
+    // A boundary optimum can be a false one: at θ with a zero diagonal the objective is often
+    // flat in the directions that would leave the boundary, and BOBYQA may stop there while a
+    // better interior optimum exists (which rounding differences, e.g. row order, decide).
+    // Try once more from the point with those diagonals lifted to 0.5, and keep the better.
+    let singular = theta.iter().zip(&lower).any(|(&t, &lb)| lb == 0.0 && t < SINGULAR_THRESHOLD);
+    if singular && outcome.found_finite() && outcome.status != Status::MaxFunReached {
+        let mut retry: Vec<f64> = theta
+            .iter()
+            .zip(&lower)
+            .map(|(&t, &lb)| if lb == 0.0 { t.max(0.5) } else { t })
+            .collect();
+        let second = minimize(&mut solver, model, &mut retry, &lower, &upper, interrupted, &mut first_error)?;
+        n_evals += second.n_eval;
+        if second.found_finite() && second.f < outcome.f {
+            theta = retry;
+            outcome = second;
+        }
     }
     if !outcome.found_finite() {
         return Err(first_error.unwrap_or(CoreError::Unsupported {
@@ -126,12 +124,49 @@ pub fn fit_interruptible(
     Ok((
         estimates,
         OptimizationRecord {
-            n_evals: outcome.n_eval,
+            n_evals,
             status: status.to_string(),
             converged,
             gradient,
         },
     ))
+}
+
+/// One BOBYQA run from `theta` (overwritten with the best point). A failed factorisation is
+/// reported to BOBYQA as +∞ (it backs off) and the first such error kept in `first_error`.
+fn minimize(
+    solver: &mut Bobyqa,
+    model: &mut Model,
+    theta: &mut [f64],
+    lower: &[f64],
+    upper: &[f64],
+    interrupted: &mut dyn FnMut() -> bool,
+    first_error: &mut Option<CoreError>,
+) -> CoreResult<bobyqa::Outcome> {
+    let mut stopped = false;
+    let outcome = solver.minimize(
+        |t: &[f64]| {
+            if stopped || interrupted() {
+                stopped = true;
+                return STOP_VALUE;
+            }
+            match model.objective(t) {
+                Ok(v) if v.is_finite() => v,
+                Ok(_) => f64::INFINITY,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    f64::INFINITY
+                }
+            }
+        },
+        theta,
+        lower,
+        upper,
+    );
+    if stopped {
+        return Err(CoreError::Interrupted);
+    }
+    Ok(outcome)
 }
 
 /// Finite-difference gradient of the objective at θ, one-sided where the bound is active.

@@ -343,11 +343,18 @@ def test_summary_reml_slopes() -> None:
     assert any(re.fullmatch(r" +Days +35\.07 +5\.922 +0\.07", line) for line in lines)
     assert any(re.fullmatch(r" Residual +654\.94 +25\.592", line) for line in lines)
     assert "Number of obs: 180, groups:  Subject, 18" in lines
-    assert "Intercept  251.405      6.825  36.838" in lines
-    assert "Days        10.467      1.546   6.771" in lines
+    # lmerTest's coefficient table (Satterthwaite df, p-values, stars)
+    assert "Intercept  251.405      6.825  17.000  36.838  < 2e-16 ***" in lines
+    assert "Days        10.467      1.546  17.000   6.771 3.26e-06 ***" in lines
     assert "Correlation of Fixed Effects:" in lines
     assert re.search(r"^Days -0\.138$", text, re.MULTILINE)
-    assert summary.fixed_effects.columns.tolist() == ["Estimate", "Std. Error", "t value"]
+    assert summary.fixed_effects.columns.tolist() == [
+        "Estimate",
+        "Std. Error",
+        "df",
+        "t value",
+        "Pr(>|t|)",
+    ]
     assert summary.scaled_residuals.index.tolist() == ["Min", "1Q", "Median", "3Q", "Max"]
     assert summary.random_effects["Groups"].tolist() == ["Subject", "Subject", "Residual"]
     assert summary.fixed_effects_correlation.shape == (2, 2)
@@ -366,7 +373,7 @@ def test_summary_nested_and_uncorrelated() -> None:
     lines = str(fitted("pastes_nested")[3].summary()).splitlines()
     assert "Number of obs: 60, groups:  cask:batch, 30; batch, 10" in lines
     assert " cask:batch Intercept 8.434    2.9041" in lines  # lme4 prints 8.434 / 2.9041
-    assert "Intercept  60.0533     0.6769   88.72" in lines
+    assert "Intercept  60.0533     0.6769  9.0000   88.72 1.49e-14 ***" in lines  # lmerTest
     assert "Correlation of Fixed Effects:" not in lines
     lines = str(fitted("sleepstudy_uncorr")[3].summary()).splitlines()
     assert any(re.fullmatch(r" Subject\.1 +Days +35\.86 +5\.988", line) for line in lines)

@@ -179,7 +179,7 @@ def build_design(parsed: ParsedFormula, data: object) -> Design:
         raise InputTypeError(
             f"parsed must be a ParsedFormula (see parse_formula), got {type(parsed).__name__}"
         )
-    data = _as_pandas(data)
+    data = as_pandas(data)
     used_columns = _used_columns(parsed, data)
     frame, n_dropped = _complete_rows(data, used_columns)
     _check_response_type(parsed.response, frame)
@@ -259,7 +259,9 @@ def build_design_from(
 # Columns and rows
 
 
-def _as_pandas(data: object) -> pd.DataFrame:
+def as_pandas(data: object, argument: str = "data") -> pd.DataFrame:
+    """``data`` as a pandas DataFrame: pandas as is, polars (or anything with ``to_pandas``)
+    converted at the door; anything else is an InputTypeError naming ``argument``."""
     if isinstance(data, pd.DataFrame):
         return data
     to_pandas = getattr(data, "to_pandas", None)
@@ -267,10 +269,8 @@ def _as_pandas(data: object) -> pd.DataFrame:
         converted = to_pandas()
         if isinstance(converted, pd.DataFrame):
             return converted
-    kind = type(data)
-    raise InputTypeError(
-        f"data must be a pandas or polars DataFrame, got {kind.__module__}.{kind.__qualname__}"
-    )
+    kind = f"{type(data).__module__}.{type(data).__qualname__}"
+    raise InputTypeError(f"{argument} must be a pandas or polars DataFrame, got {kind}")
 
 
 def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> list[str]:

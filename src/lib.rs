@@ -7,6 +7,7 @@
 
 pub mod dense;
 pub mod error;
+pub mod influence;
 pub mod model;
 pub mod optimize;
 

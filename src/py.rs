@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::CoreError;
+use crate::influence;
 use crate::model::{Estimates, Model, Term};
 use crate::optimize::{fit_interruptible, FitOptions, OptimizationRecord};
 
@@ -234,9 +235,186 @@ fn record_into(py: Python<'_>, d: &Bound<'_, PyDict>, record: OptimizationRecord
     Ok(())
 }
 
+// ---- influence diagnostics ----
+// HLMdiag's leverage, Cholesky marginal residuals, one-step and exact deletion diagnostics
+// (numerics in `influence.rs`). Deletion sets arrive as one flat array of row indices and an
+// array of offsets (set s is rows[offsets[s]..offsets[s + 1]]); `n_jobs` 0 means all cores.
+
+/// Copies the (rows, offsets) pair out of numpy into one Vec per deletion set.
+fn deletion_sets(rows: &PyReadonlyArray1<'_, i64>, offsets: &PyReadonlyArray1<'_, i64>) -> Result<Vec<Vec<usize>>, CoreError> {
+    let rows = rows.as_array();
+    let offsets = offsets.as_array();
+    let n_rows = rows.len();
+    if offsets.is_empty() || offsets[0] != 0 || offsets[offsets.len() - 1] as usize != n_rows {
+        return Err(CoreError::DimensionMismatch {
+            what: "deletion-set offsets (first must be 0, last the number of rows)".into(),
+            expected: n_rows,
+            found: offsets.iter().last().map_or(0, |&v| v.max(0) as usize),
+        });
+    }
+    let mut sets = Vec::with_capacity(offsets.len() - 1);
+    for s in 0..offsets.len() - 1 {
+        let (a, b) = (offsets[s], offsets[s + 1]);
+        if a < 0 || b < a || b as usize > n_rows {
+            return Err(CoreError::DimensionMismatch {
+                what: format!("offsets of deletion set {s} (must be non-decreasing)"),
+                expected: n_rows,
+                found: b.max(0) as usize,
+            });
+        }
+        let mut set = Vec::with_capacity((b - a) as usize);
+        for &r in rows.slice(numpy::ndarray::s![a as usize..b as usize]).iter() {
+            if r < 0 {
+                return Err(CoreError::DimensionMismatch {
+                    what: format!("row {r} in deletion set {s} (rows must be non-negative)"),
+                    expected: 0,
+                    found: 0,
+                });
+            }
+            set.push(r as usize);
+        }
+        sets.push(set);
+    }
+    Ok(sets)
+}
+
+fn vec_from(a: &PyReadonlyArray1<'_, f64>) -> Vec<f64> {
+    a.as_array().iter().copied().collect()
+}
+
+/// HLMdiag's leverages at θ: dict of `overall`, `fixef`, `ranef`, `ranef_uc` (n,).
+#[pyfunction]
+#[pyo3(signature = (model, theta, n_jobs=0))]
+fn leverage<'py>(py: Python<'py>, model: PyRef<'_, PyModel>, theta: PyReadonlyArray1<'_, f64>, n_jobs: usize) -> PyResult<Bound<'py, PyDict>> {
+    let theta = vec_from(&theta);
+    let inner = &model.inner;
+    let lev = run_core(py, move || influence::leverage(inner, &theta, n_jobs))?;
+    let d = PyDict::new(py);
+    d.set_item("overall", lev.overall.into_pyarray(py))?;
+    d.set_item("fixef", lev.fixef.into_pyarray(py))?;
+    d.set_item("ranef", lev.ranef.into_pyarray(py))?;
+    d.set_item("ranef_uc", lev.ranef_uc.into_pyarray(py))?;
+    Ok(d)
+}
+
+/// One-step deletion diagnostics at θ: dict of `cooksd`, `mdffits`, `covtrace`, `covratio`.
+#[pyfunction]
+#[pyo3(signature = (model, theta, rows, offsets, n_jobs=0))]
+fn one_step_deletion<'py>(
+    py: Python<'py>,
+    model: PyRef<'_, PyModel>,
+    theta: PyReadonlyArray1<'_, f64>,
+    rows: PyReadonlyArray1<'_, i64>,
+    offsets: PyReadonlyArray1<'_, i64>,
+    n_jobs: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let theta = vec_from(&theta);
+    let sets = deletion_sets(&rows, &offsets).map_err(|e| to_pyerr(py, e))?;
+    let inner = &model.inner;
+    let out = run_core(py, move || influence::one_step(inner, &theta, &sets, n_jobs))?;
+    let d = PyDict::new(py);
+    d.set_item("cooksd", out.cooksd.into_pyarray(py))?;
+    d.set_item("mdffits", out.mdffits.into_pyarray(py))?;
+    d.set_item("covtrace", out.covtrace.into_pyarray(py))?;
+    d.set_item("covratio", out.covratio.into_pyarray(py))?;
+    Ok(d)
+}
+
+/// Marginal fitted values Xβ̂ and residuals y − Xβ̂ at θ, and the Cholesky marginal residuals
+/// L_V⁻¹(y − Xβ̂) when `cholesky`: dict of `fitted`, `resid`, `cholesky` (n,) or None.
+#[pyfunction]
+#[pyo3(signature = (model, theta, cholesky=false))]
+fn marginal_residuals<'py>(py: Python<'py>, model: PyRef<'_, PyModel>, theta: PyReadonlyArray1<'_, f64>, cholesky: bool) -> PyResult<Bound<'py, PyDict>> {
+    let theta = vec_from(&theta);
+    let inner = &model.inner;
+    let out = run_core(py, move || influence::marginal_residuals(inner, &theta, cholesky))?;
+    let d = PyDict::new(py);
+    d.set_item("fitted", out.fitted.into_pyarray(py))?;
+    d.set_item("resid", out.resid.into_pyarray(py))?;
+    match out.cholesky {
+        Some(values) => d.set_item("cholesky", values.into_pyarray(py))?,
+        None => d.set_item("cholesky", py.None())?,
+    }
+    Ok(d)
+}
+
+/// Exact case deletion: refits θ from `theta_hat` without each set of rows.
+#[pyfunction]
+#[pyo3(signature = (model, theta_hat, rows, offsets, n_jobs=0, rho_begin=0.2, rho_end=1e-7, max_evals=0))]
+#[allow(clippy::too_many_arguments)]
+fn delete_and_refit<'py>(
+    py: Python<'py>,
+    model: PyRef<'_, PyModel>,
+    theta_hat: PyReadonlyArray1<'_, f64>,
+    rows: PyReadonlyArray1<'_, i64>,
+    offsets: PyReadonlyArray1<'_, i64>,
+    n_jobs: usize,
+    rho_begin: f64,
+    rho_end: f64,
+    max_evals: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    if !(rho_begin.is_finite() && rho_begin > 0.0 && rho_end.is_finite() && rho_end > 0.0) {
+        return Err(to_pyerr(
+            py,
+            CoreError::InvalidTheta {
+                reason: format!("optimiser radii must be positive and finite (rho_begin={rho_begin}, rho_end={rho_end})"),
+            },
+        ));
+    }
+    let theta_hat = vec_from(&theta_hat);
+    let sets = deletion_sets(&rows, &offsets).map_err(|e| to_pyerr(py, e))?;
+    let options = FitOptions {
+        rho_begin,
+        rho_end,
+        max_evals,
+    };
+    let inner = &model.inner;
+    let (n_theta, p) = (inner.n_theta(), inner.n_fixed());
+    let fits = run_core(py, move || influence::delete_and_refit(inner, &sets, &theta_hat, n_jobs, options))?;
+    let count = fits.len();
+    let mut theta = Array2::<f64>::zeros((count, n_theta));
+    let mut beta = Array2::<f64>::zeros((count, p));
+    let mut beta_cov = Array3::<f64>::zeros((count, p, p));
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(count);
+    for (s, f) in fits.iter().enumerate() {
+        for (t, &v) in f.theta.iter().enumerate() {
+            theta[[s, t]] = v;
+        }
+        for (c, &v) in f.beta.iter().enumerate() {
+            beta[[s, c]] = v;
+        }
+        for c in 0..p {
+            for r in 0..p {
+                beta_cov[[s, r, c]] = f.beta_cov[c * p + r];
+            }
+        }
+        errors.push(f.error.as_ref().map(|e| e.to_string()));
+    }
+    let d = PyDict::new(py);
+    d.set_item("theta", theta.into_pyarray(py))?;
+    d.set_item("beta", beta.into_pyarray(py))?;
+    d.set_item("beta_cov", beta_cov.into_pyarray(py))?;
+    d.set_item("sigma", fits.iter().map(|f| f.sigma).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("objective", fits.iter().map(|f| f.objective).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("n_evals", fits.iter().map(|f| f.n_evals as i64).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("converged", fits.iter().map(|f| f.converged).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("errors", errors)?;
+    Ok(d)
+}
+
+fn register_influence(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(leverage, m)?)?;
+    m.add_function(wrap_pyfunction!(one_step_deletion, m)?)?;
+    m.add_function(wrap_pyfunction!(marginal_residuals, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_and_refit, m)?)?;
+    Ok(())
+}
+// ---- end of influence diagnostics ----
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
+    register_influence(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

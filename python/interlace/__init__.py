@@ -14,9 +14,30 @@ from interlace.exceptions import (
     RankDeficiencyWarning,
     SingularFitWarning,
 )
+from interlace.inference import anova, contest
+from interlace.influence import (
+    cooks_distance,
+    covratio,
+    covtrace,
+    hlm_influence,
+    hlm_resid,
+    leverage,
+    mdffits,
+    rvc,
+)
 
 __all__ = [
     "fit",
+    "cooks_distance",
+    "covratio",
+    "covtrace",
+    "hlm_influence",
+    "hlm_resid",
+    "leverage",
+    "mdffits",
+    "rvc",
+    "anova",
+    "contest",
     "__version__",
     "datasets",
     "ConvergenceWarning",

@@ -55,3 +55,44 @@ class Model:
         modes on the data scale), ``b_cond_cov`` (list per term of (n_levels, q, q) conditional
         covariances, σ² Λ (Λ'Z'ZΛ + I)⁻¹ Λ' blocks as lme4's condVar), ``fitted`` (n,),
         ``resid`` (n,)."""
+
+# ---- influence diagnostics (src/influence.rs) ----
+# Deletion sets are given as ``rows`` (int64, all sets concatenated) and ``offsets`` (int64,
+# len = number of sets + 1, offsets[0] = 0): set s is rows[offsets[s]:offsets[s + 1]].
+# ``n_jobs`` is the number of worker threads, 0 for all cores; results do not depend on it.
+
+def leverage(model: Model, theta: npt.NDArray[np.float64], n_jobs: int = 0) -> dict[str, Any]:
+    """HLMdiag's leverages at θ, each (n,): ``overall`` (diagonal of the hat matrix of
+    ŷ = Xβ̂ + Zb̂, lme4's hatvalues), ``fixef`` (H₁ = X C XᵀV⁻¹), ``ranef`` (overall − fixef)
+    and ``ranef_uc`` (diagonal of ZΛΛᵀZᵀ)."""
+
+def one_step_deletion(
+    model: Model,
+    theta: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+    n_jobs: int = 0,
+) -> dict[str, Any]:
+    """HLMdiag's one-step deletion diagnostics at θ (θ, σ held fixed), one value per set:
+    ``cooksd``, ``mdffits``, ``covtrace``, ``covratio`` (NaN where a set cannot be deleted)."""
+
+def marginal_residuals(
+    model: Model, theta: npt.NDArray[np.float64], cholesky: bool = False
+) -> dict[str, Any]:
+    """``fitted`` (Xβ̂), ``resid`` (y − Xβ̂), both (n,), and ``cholesky``: L_V⁻¹(y − Xβ̂) for the
+    lower Cholesky factor of V = σ²(I + ZΛΛᵀZᵀ) in row order (n,), or None."""
+
+def delete_and_refit(
+    model: Model,
+    theta_hat: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+    n_jobs: int = 0,
+    rho_begin: float = 0.2,
+    rho_end: float = 1e-7,
+    max_evals: int = 0,
+) -> dict[str, Any]:
+    """Refit θ (BOBYQA from ``theta_hat``) without each set of rows, in parallel; per set
+    (in input order): ``theta`` (sets, n_theta), ``beta`` (sets, p), ``beta_cov``
+    (sets, p, p), ``sigma``, ``objective`` (sets,), ``n_evals`` (int64), ``converged`` (bool),
+    ``errors`` (list of str or None; NaN estimates where a refit failed)."""

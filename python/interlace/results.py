@@ -386,6 +386,12 @@ class LmmResult:
             design=design,
         )
 
+    def _repr_html_(self) -> str:
+        """The summary as HTML tables, for Jupyter (see :func:`interlace._html.summary_html`)."""
+        from interlace._html import summary_html
+
+        return summary_html(self)
+
     def summary(self) -> Summary:
         """An lme4-style report of the fit; ``print(res.summary())`` shows it.
 
@@ -397,6 +403,43 @@ class LmmResult:
             lme4's ``print(summary(fm))`` does.
         """
         return Summary(self)
+
+    # --- inference (computed on demand by interlace.inference) ---------------------------------
+
+    @property
+    def fe_df(self) -> pd.Series:
+        """Satterthwaite degrees of freedom of each fixed effect (lmerTest's ``df``).
+
+        See :func:`interlace.inference.fe_df`; computed once per result, then cached.
+        """
+        from interlace import inference
+
+        return inference.fe_df(self)
+
+    @property
+    def fe_pvalues(self) -> pd.Series:
+        """Two-sided t-test p-values on Satterthwaite's df (lmerTest's ``Pr(>|t|)``)."""
+        from interlace import inference
+
+        return inference.fe_pvalues(self)
+
+    def confint(self, parm: Any = None, level: float = 0.95, method: str = "wald") -> pd.DataFrame:
+        """Confidence intervals, ``"wald"`` or likelihood ``"profile"`` (lme4's ``confint``).
+
+        See :func:`interlace.inference.confint`.
+        """
+        from interlace import inference
+
+        return inference.confint(self, parm=parm, level=level, method=method)
+
+    def predict(self, newdata: Any = None, include_re: bool = True) -> np.ndarray:
+        """Predictions on the fit's rows or on ``newdata``; unseen levels contribute zero.
+
+        See :func:`interlace.inference.predict`.
+        """
+        from interlace import inference
+
+        return inference.predict(self, newdata, include_re=include_re)
 
 
 def _merge_blocks(group: str, frames: list[pd.DataFrame]) -> pd.Series | pd.DataFrame:
@@ -564,6 +607,38 @@ def _matrix(header: list[str], rows: list[list[str]], row_names: list[str], righ
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _format_pvalues(pvalues: np.ndarray, digits: int = 3) -> list[str]:
+    """R's ``format.pval(p, digits = 3, eps = .Machine$double.eps)`` as printCoefmat uses it."""
+    eps = 2.220446049250313e-16
+    text = ["NaN"] * len(pvalues)
+    tiny = [i for i, v in enumerate(pvalues) if v < eps]
+    # R 4.2: fixed notation down to exponent -4 when digits > 1, scientific below.
+    lowest = -4 if digits > 1 else -3
+    fixed = [i for i, v in enumerate(pvalues) if v >= eps and math.floor(math.log10(v)) >= lowest]
+    scientific = [i for i, v in enumerate(pvalues) if v >= eps and i not in fixed]
+    for i, s in zip(fixed, _r_format([pvalues[i] for i in fixed], digits), strict=True):
+        text[i] = s.strip()
+    if scientific:
+        mantissas = [pvalues[i] / 10.0 ** math.floor(math.log10(pvalues[i])) for i in scientific]
+        needed = max(_significant_decimals(m, digits) for m in mantissas)
+        for i in scientific:
+            text[i] = f"{pvalues[i]:.{needed}e}"
+    if tiny:
+        others = [text[i] for i in fixed + scientific]
+        separator = " " if others and max(len(t) for t in others) > 6 else ""
+        for i in tiny:
+            text[i] = f"<{separator}2e-16"
+    return text
+
+
+def _significance_stars(pvalue: float) -> str:
+    """R's symnum codes: *** p ≤ 0.001, ** ≤ 0.01, * ≤ 0.05, . ≤ 0.1."""
+    for cut, stars in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if pvalue <= cut:
+            return stars
+    return ""
+
+
 @dataclass(frozen=True, eq=False)
 class Summary:
     """An lme4-style summary of an :class:`LmmResult`; ``str()`` gives the printed report.
@@ -572,7 +647,8 @@ class Summary:
     ----------
     result : LmmResult
     fixed_effects : pandas.DataFrame
-        ``Estimate``, ``Std. Error``, ``t value`` per fixed effect.
+        ``Estimate``, ``Std. Error``, ``df``, ``t value``, ``Pr(>|t|)`` per fixed effect: t tests
+        on Satterthwaite's degrees of freedom, as lmerTest's summary.
     random_effects : pandas.DataFrame
         ``Groups``, ``Name``, ``Variance``, ``Std.Dev.`` per variance (``varcorr``'s rows without
         the covariances).
@@ -594,7 +670,15 @@ class Summary:
     @property
     def fixed_effects(self) -> pd.DataFrame:
         r = self.result
-        return pd.DataFrame({"Estimate": r.fe_params, "Std. Error": r.bse, "t value": r.tvalues})
+        return pd.DataFrame(
+            {
+                "Estimate": r.fe_params,
+                "Std. Error": r.bse,
+                "df": r.fe_df,
+                "t value": r.tvalues,
+                "Pr(>|t|)": r.fe_pvalues,
+            }
+        )
 
     @property
     def random_effects(self) -> pd.DataFrame:
@@ -623,6 +707,12 @@ class Summary:
     def fixed_effects_correlation(self) -> pd.DataFrame:
         cov = self.result.fe_cov
         return pd.DataFrame(_correlation(cov.to_numpy()), index=cov.index, columns=cov.columns)
+
+    def _repr_html_(self) -> str:
+        """The report as HTML tables, for Jupyter."""
+        from interlace._html import summary_html
+
+        return summary_html(self.result)
 
     def __repr__(self) -> str:
         return str(self)
@@ -698,22 +788,35 @@ class Summary:
         return _matrix(header, table, [""] * len(table), right=False)
 
     def _fixed_effects_text(self) -> str:
+        """lmerTest's coefficient table (R's printCoefmat): Estimate, Std. Error and df share
+        their rounding; t to 3 decimals; p-values as format.pval; significance stars."""
         r = self.result
-        estimates = np.asarray(r.fe_params, dtype=float)
-        errors = np.asarray(r.bse, dtype=float)
-        both = np.concatenate([estimates, errors])
-        magnitudes = np.abs(both[np.isfinite(both) & (both != 0)])
+        table = self.fixed_effects
+        p = len(table)
+        shared = table[["Estimate", "Std. Error", "df"]].to_numpy(dtype=float).T.ravel()
+        magnitudes = np.abs(shared[np.isfinite(shared) & (shared != 0)])
         decimals = 1
         if magnitudes.size:
             digit_min = 1 + np.floor(np.log10([magnitudes.min(), magnitudes.max()]))
             decimals = int(max(1, *(4 - digit_min)))
-        coef_text = _r_format(np.round(both, decimals), 4)
-        t_text = _r_format(np.round(np.asarray(r.tvalues, dtype=float), 3), 4)
-        p = len(estimates)
-        rows = [[coef_text[i], coef_text[p + i], t_text[i]] for i in range(p)]
-        return _matrix(
-            ["Estimate", "Std. Error", "t value"], rows, list(r.fe_params.index), right=True
-        )
+        coef_text = _r_format(np.round(shared, decimals), 4)
+        t_text = _r_format(np.round(table["t value"].to_numpy(dtype=float), 3), 4)
+        pvalues = table["Pr(>|t|)"].to_numpy(dtype=float)
+        p_text = _format_pvalues(pvalues)
+        header = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+        rows = [
+            [coef_text[i], coef_text[p + i], coef_text[2 * p + i], t_text[i], p_text[i]]
+            for i in range(p)
+        ]
+        show_stars = bool(np.any(pvalues < 0.1))
+        if show_stars:
+            header.append("")
+            for row, value in zip(rows, pvalues, strict=True):
+                row.append(_significance_stars(value).ljust(3))
+        text = _matrix(header, rows, list(r.fe_params.index), right=True)
+        if show_stars:
+            text += "\n---\nSignif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+        return text
 
     def _correlation_text(self) -> str:
         corr = self.fixed_effects_correlation.to_numpy()

@@ -90,21 +90,32 @@ pub fn fit_interruptible(
     let mut n_evals = outcome.n_eval;
 
     // A boundary optimum can be a false one: at θ with a zero diagonal the objective is often
-    // flat in the directions that would leave the boundary, and BOBYQA may stop there while a
-    // better interior optimum exists (which rounding differences, e.g. row order, decide).
-    // Try once more from the point with those diagonals lifted to 0.5, and keep the better.
+    // flat in the directions that would leave the boundary (with a zero intercept variance,
+    // for instance, only θ₂² + θ₃² matters), and BOBYQA may stop on that flat valley while a
+    // better optimum exists elsewhere; rounding differences (row order, scaling) decide which
+    // it finds. A singular first optimum therefore gets a few more starts: the optimum with
+    // its zero diagonals lifted to 0.5, and, when λ has off-diagonal entries, lme4's start
+    // with every off-diagonal at +0.5 and at −0.5. The best point wins.
     let singular = theta.iter().zip(&lower).any(|(&t, &lb)| lb == 0.0 && t < SINGULAR_THRESHOLD);
     if singular && outcome.found_finite() && outcome.status != Status::MaxFunReached {
-        let mut retry: Vec<f64> = theta
+        let lifted: Vec<f64> = theta
             .iter()
             .zip(&lower)
             .map(|(&t, &lb)| if lb == 0.0 { t.max(0.5) } else { t })
             .collect();
-        let second = minimize(&mut solver, model, &mut retry, &lower, &upper, interrupted, &mut first_error)?;
-        n_evals += second.n_eval;
-        if second.found_finite() && second.f < outcome.f {
-            theta = retry;
-            outcome = second;
+        let mut starts = vec![lifted];
+        if lower.iter().any(|&lb| lb != 0.0) {
+            for off in [0.5, -0.5] {
+                starts.push(lower.iter().map(|&lb| if lb == 0.0 { 1.0 } else { off }).collect());
+            }
+        }
+        for mut start in starts {
+            let again = minimize(&mut solver, model, &mut start, &lower, &upper, interrupted, &mut first_error)?;
+            n_evals += again.n_eval;
+            if again.found_finite() && again.f < outcome.f {
+                theta = start;
+                outcome = again;
+            }
         }
     }
     if !outcome.found_finite() {

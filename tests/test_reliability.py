@@ -176,3 +176,16 @@ def test_regression_false_boundary_optimum_depends_on_row_order() -> None:
     for frame in (data, data.sample(frac=1.0, random_state=0)):
         res = quiet_fit("y ~ x + (x | a)", frame)
         assert -2 * res.llf == pytest.approx(141.67692306441887, abs=1e-7)
+
+
+def test_regression_flat_valley_at_zero_intercept_variance_depends_on_scale() -> None:
+    # Found by the scaling property: with the intercept variance at zero only θ₂² + θ₃²
+    # matters, and BOBYQA stopped on that flat valley (REML 132.3692) for y but found the
+    # better singular optimum (132.2497, correlation +1) for 10⁶·y. Extra starts with
+    # off-diagonals at ±0.5 reach the better one from both.
+    data = small_crossed(seed=40, n_a=9, n_b=2, n=40, slope=False)
+    dof = len(data) - 2
+    for scale in (1.0, 1e6):
+        res = quiet_fit("y ~ x + (x | a)", data.assign(y=data["y"] * scale))
+        criterion = -2 * res.llf - 2 * dof * np.log(scale)
+        assert criterion == pytest.approx(132.24967880528902, abs=1e-6)

@@ -13,7 +13,11 @@
 //! ```
 //!
 //! L is held blocked as `model.rs` holds it (first term block diagonal, the other terms as one
-//! dense Schur complement), so nothing here is n × n.
+//! dense Schur complement S = L₂₂L₂₂ᵀ), so nothing here is n × n. wᵢ has q₁ entries in the
+//! first-term block and L₂₂⁻¹tᵢ in the rest, where tᵢ lives on the few rest rows that the
+//! first-term level of row i touches; with S⁻¹ formed once (when m is small next to n) every
+//! wₐᵀw_b costs only the product of those row counts. β̂ gets one step of iterative refinement
+//! (residual XᵀW(y − Xβ̂)), so Xᵀ V⁻¹ e = 0 holds to working precision.
 //!
 //! **Leverage.** The fitted values are ŷ = Xβ̂ + Zb̂ = y − σ²P y, so the hat matrix is
 //! H = I − σ²P (lme4's `hatvalues`). Demidenko & Stukel (2005) split it as H = H₁ + H₂ with
@@ -34,6 +38,11 @@
 //!     cooksd = gᵀ C g / p                    mdffits = (C g)ᵀ C₍I₎⁻¹ (C g) / p
 //!     covtrace = |tr(C⁻¹ C₍I₎) − p| = |tr(F C)|          covratio = det C₍I₎ / det C
 //! ```
+//!
+//! These are the partitioned inverse of generalised least squares on the kept rows with V
+//! unchanged, so for a large set (thousands of rows, where P_II is too big) β̂₍I₎ and C₍I₎ are
+//! computed that way instead: the penalised system of the kept rows at the same θ, with σ²
+//! held at the full-data value.
 //!
 //! **Cholesky marginal residuals** (Houseman, Ryan & Coull 2004): L_V⁻¹(y − Xβ̂) for the lower
 //! Cholesky factor of V in the order of the rows. They are the standardised one-step-ahead
@@ -69,6 +78,9 @@ use crate::optimize::{fit, FitOptions};
 
 /// Largest dense q × q covariance the Kalman filter of the Cholesky residuals may allocate.
 const KALMAN_MEMORY_LIMIT: u128 = 2_000_000_000;
+/// Most floating-point operations the Kalman filter may take (about half a minute): crossed
+/// designs fill P and cost O(n q²), which for large ones is out of reach.
+const KALMAN_WORK_LIMIT: f64 = 5e10;
 
 /// HLMdiag's four leverages, one value per observation.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +252,7 @@ fn kalman_whitened(factor: &ReFactor<'_>, marginal: &Marginal) -> CoreResult<Vec
     let mut mean = vec![0.0; q];
     let mut gain = vec![0.0; q];
     let mut support: Vec<usize> = Vec::new();
+    let mut work = 0.0f64;
     let mut out = vec![0.0; n];
     for (i, o) in out.iter_mut().enumerate() {
         // gain ← P uᵢ (uᵢ has one q_k block per term), prediction uᵢᵀ b̂.
@@ -268,6 +281,16 @@ fn kalman_whitened(factor: &ReFactor<'_>, marginal: &Marginal) -> CoreResult<Vec
             }
         }
         support.extend((0..q).filter(|&r| gain[r] != 0.0));
+        let step = (support.len() * support.len()) as f64;
+        work += step + q as f64;
+        if i % 64 == 0 && work + step * (n - i) as f64 > KALMAN_WORK_LIMIT {
+            return Err(CoreError::Unsupported {
+                reason: format!(
+                    "the Cholesky marginal residuals need at least {:.1e} operations here (n = {n} rows whose {q} random effects are crossed, so the factor of V fills in), more than the {KALMAN_WORK_LIMIT:.0e} allowed; the unstandardised marginal residuals are available",
+                    work + step * (n - i) as f64
+                ),
+            });
+        }
         let d = 1.0 + quad;
         let innovation = e[i] - prediction;
         *o = innovation / (sigma * d.sqrt());

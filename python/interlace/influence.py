@@ -302,10 +302,12 @@ def _least_squares_residuals(result: LmmResult, standardize: bool | str) -> pd.D
     resid = np.full(n, np.nan)
     fitted = np.full(n, np.nan)
     scaled = np.full(n, np.nan)
-    for code in np.unique(codes):
-        rows = np.flatnonzero(codes == code)
+    by_code = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[by_code])) + 1
+    for rows in np.split(by_code, bounds):
         a = np.column_stack([np.ones(len(rows)), x[rows]])
-        kept = [j for j in range(a.shape[1]) if j not in set(_aliased_columns(a))]
+        aliased = set(_aliased_columns(a))
+        kept = [j for j in range(a.shape[1]) if j not in aliased]
         q, _ = np.linalg.qr(a[:, kept])
         fit = q @ (q.T @ y[rows])
         e = y[rows] - fit
@@ -376,8 +378,9 @@ def hlm_resid(
     -----
     Unlike HLMdiag, crossed designs are supported (without LS residuals). Group-level LS
     residuals (HLMdiag's ``.ls.*`` columns at a grouping factor) are not computed. The Cholesky
-    residuals cost O(n q²) for crossed designs (q random effects in all), O(n · group size²)
-    for nested ones.
+    residuals cost O(n · group size²) for nested designs but O(n q²) for crossed ones (q random
+    effects in all); beyond about 5·10¹⁰ operations (InstEval's 73 421 rows and 4 128 effects)
+    the core stops with a :class:`~interlace.DataError` rather than run for hours.
 
     Examples
     --------

@@ -1,6 +1,6 @@
 """interlace: linear mixed-effects models with lme4's semantics and a Rust core."""
 
-from interlace import datasets
+from interlace import datasets, plots  # plots imports matplotlib only when drawing
 from interlace._core import __version__
 from interlace.api import fit
 from interlace.exceptions import (
@@ -36,10 +36,12 @@ __all__ = [
     "leverage",
     "mdffits",
     "rvc",
+    "n_influential",
     "anova",
     "contest",
     "__version__",
     "datasets",
+    "plots",
     "ConvergenceWarning",
     "DataError",
     "FormulaError",
@@ -50,3 +52,10 @@ __all__ = [
     "RankDeficiencyWarning",
     "SingularFitWarning",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # n_influential lives with the plots (HLMdiag's dotplot_diag cutoffs); looked up on first use.
+    if name == "n_influential":
+        return plots.n_influential
+    raise AttributeError(f"module 'interlace' has no attribute {name!r}")

@@ -13,6 +13,11 @@ package, so it can be regenerated and checked bit for bit.
 ``students_schools`` ``simulate_nested(n_schools=40, seed=1)``: students nested in 40
                     schools of unequal size, score against weekly homework hours.
                     Model: ``score ~ hours + (1 + hours | school)``.
+``ratings``         ``simulate_ratings(n_users=300, n_items=150, n_ratings=6000, seed=1)``:
+                    5722 ratings, 1 to 5 stars, of 150 items by 300 users; lognormal user
+                    activity and Zipf item popularity, so users × items are crossed but
+                    sparse and very unbalanced. Model: ``rating ~ 1 + (1 | user) +
+                    (1 | item)``.
 =================== ======================================================================
 
 This package never touches the compiled core, so it imports on its own.
@@ -29,9 +34,9 @@ from typing import Any
 import pandas as pd
 
 from ..exceptions import DataError
-from ._simulate import simulate_crossed, simulate_nested
+from ._simulate import simulate_crossed, simulate_nested, simulate_ratings
 
-__all__ = ["load", "list_datasets", "simulate_crossed", "simulate_nested"]
+__all__ = ["load", "list_datasets", "simulate_crossed", "simulate_nested", "simulate_ratings"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,13 @@ BUNDLED: dict[str, _BundledDataset] = {
         description="simulated test scores of students nested in 40 schools",
         model="score ~ hours + (1 + hours | school)",
     ),
+    "ratings": _BundledDataset(
+        generator=simulate_ratings,
+        arguments={"n_users": 300, "n_items": 150, "n_ratings": 6000, "seed": 1},
+        string_columns=("user", "item"),
+        description="simulated 1-5 star ratings: 300 users x 150 items, sparse and skewed",
+        model="rating ~ 1 + (1 | user) + (1 | item)",
+    ),
 }
 
 
@@ -78,7 +90,7 @@ def list_datasets() -> list[str]:
     --------
     >>> from interlace.datasets import list_datasets
     >>> list_datasets()
-    ['reading_times', 'students_schools']
+    ['ratings', 'reading_times', 'students_schools']
     """
     return sorted(BUNDLED)
 
@@ -87,8 +99,8 @@ def load(name: str) -> pd.DataFrame:
     """Load a bundled dataset as a fresh :class:`pandas.DataFrame`.
 
     Grouping and label columns (``subject``, ``item``, ``condition``, ``school``,
-    ``student``) are read as strings, never as numbers; the response is float with NaN where
-    missing.
+    ``student``, ``user``) are read as strings, never as numbers; the response is float with
+    NaN where missing.
 
     Parameters
     ----------

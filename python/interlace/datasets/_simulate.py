@@ -1,6 +1,6 @@
 """Seeded generators of the simulated studies bundled with interlace.
 
-Both generators draw every random quantity from one ``numpy.random.default_rng(seed)`` stream in
+The generators draw every random quantity from one ``numpy.random.default_rng(seed)`` stream in
 a fixed order, using only ``standard_normal``, ``random`` and ``integers`` (no
 ``multivariate_normal``, whose result depends on the LAPACK build), and round the response to
 the precision a real study would record. The same call therefore gives the same frame on every
@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate_crossed", "simulate_nested"]
+__all__ = ["simulate_crossed", "simulate_nested", "simulate_ratings"]
 
 
 def _labels(prefix: str, n: int) -> list[str]:
@@ -229,5 +229,124 @@ def simulate_nested(
             "student": pd.Series(students),
             "hours": hours,
             "score": np.round(score, 1),
+        }
+    )
+
+
+def _weighted_sample_without_replacement(
+    rng: np.random.Generator, weights: np.ndarray, k: int
+) -> np.ndarray:
+    """k distinct indices drawn with probability proportional to ``weights`` (successive
+    sampling), by Efraimidis & Spirakis' (2006) keys log(U)/w: the k largest keys are such a
+    sample. Only ``rng.random`` is used, so the stream does not depend on numpy's ``choice``."""
+    keys = np.log(rng.random(weights.size)) / weights
+    return np.sort(np.argsort(-keys, kind="stable")[:k])
+
+
+def simulate_ratings(
+    n_users: int = 300,
+    n_items: int = 150,
+    n_ratings: int = 6000,
+    *,
+    activity_sd: float = 1.0,
+    popularity_exponent: float = 1.0,
+    min_ratings: int = 3,
+    mean_rating: float = 3.5,
+    user_sd: float = 0.5,
+    item_sd: float = 0.4,
+    residual_sd: float = 0.9,
+    seed: int = 1,
+) -> pd.DataFrame:
+    """Simulate a sparse users × items table of 1–5 star ratings with skewed participation.
+
+    Real rating data are far from balanced: a few users rate a great deal and most rate little,
+    and a few items collect most of the ratings. User u's activity is lognormal,
+    a_u = exp(activity_sd·z_u), and u rates
+
+        n_u = clip(round(n_ratings · a_u / Σ a), min_ratings, n_items)
+
+    distinct items, so the total is about ``n_ratings``. Item i (``"i001"`` the most popular)
+    has Zipf popularity p_i ∝ i^(−popularity_exponent); each user's items are a weighted
+    sample without replacement with weights p_i. Users and items are therefore crossed but
+    far from fully: most cells of the users × items table are empty. The rating is
+
+        rating = clip(round(mean_rating + u_u + w_i + ε), 1, 5),
+
+    with user intercepts u_u ~ N(0, user_sd²) (lenient and harsh raters), item intercepts
+    w_i ~ N(0, item_sd²) (better and worse items) and ε ~ N(0, residual_sd²). The model
+    lme4 would fit is ``rating ~ 1 + (1 | user) + (1 | item)``.
+
+    Parameters
+    ----------
+    n_users, n_items : int
+        Numbers of users and items; at least 2 each.
+    n_ratings : int
+        Target number of ratings (the realised number differs by rounding and clipping).
+    activity_sd : float
+        SD of log user activity; larger is more skewed.
+    popularity_exponent : float
+        Exponent s of the Zipf item popularity i^(−s); 0 makes every item equally popular.
+    min_ratings : int
+        Every user rates at least this many items (at most ``n_items``).
+    mean_rating : float
+        Mean of the latent rating before rounding.
+    user_sd, item_sd, residual_sd : float
+        SDs of the user intercepts, the item intercepts and the rating-level noise.
+    seed : int
+        Seed of ``numpy.random.default_rng``; the same arguments give the same frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per rating, sorted by user then item, with string columns ``user``
+        (``"u001"``...) and ``item`` (``"i001"``...) and float column ``rating``
+        (whole stars, 1 to 5). Users rate each item at most once; an item nobody sampled does
+        not appear.
+
+    Examples
+    --------
+    The bundled ``ratings`` dataset is exactly this call:
+
+    >>> from interlace.datasets import simulate_ratings
+    >>> df = simulate_ratings(n_users=300, n_items=150, n_ratings=6000, seed=1)
+    >>> list(df.columns)
+    ['user', 'item', 'rating']
+    >>> sorted(df["rating"].unique().tolist())
+    [1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+    if n_users < 2 or n_items < 2:
+        raise ValueError(f"need at least 2 users and 2 items, got {n_users} and {n_items}")
+    if not 1 <= min_ratings <= n_items:
+        raise ValueError(f"need 1 <= min_ratings <= n_items, got {min_ratings} and {n_items}")
+    if n_ratings < 1:
+        raise ValueError(f"n_ratings must be positive, got {n_ratings}")
+    rng = np.random.default_rng(seed)
+    activity = np.exp(activity_sd * rng.standard_normal(n_users))
+    counts = np.clip(
+        np.round(n_ratings * activity / activity.sum()).astype(np.int64), min_ratings, n_items
+    )
+    popularity = np.arange(1, n_items + 1, dtype=float) ** -popularity_exponent
+    user_intercept = user_sd * rng.standard_normal(n_users)
+    item_intercept = item_sd * rng.standard_normal(n_items)
+
+    u = np.repeat(np.arange(n_users), counts)
+    i = np.concatenate(
+        [_weighted_sample_without_replacement(rng, popularity, int(k)) for k in counts]
+    )
+    latent = (
+        mean_rating
+        + user_intercept[u]
+        + item_intercept[i]
+        + residual_sd * rng.standard_normal(u.size)
+    )
+    rating = np.clip(np.round(latent), 1.0, 5.0)
+
+    users = np.array(_labels("u", n_users), dtype=object)
+    items = np.array(_labels("i", n_items), dtype=object)
+    return pd.DataFrame(
+        {
+            "user": pd.Series(users[u].tolist()),
+            "item": pd.Series(items[i].tolist()),
+            "rating": rating,
         }
     )

@@ -558,3 +558,17 @@ def test_exact_deletion_on_a_large_crossed_model_equals_refitting() -> None:
         cooksd = change @ np.linalg.solve(c.result.fe_cov.to_numpy(), change) / beta.size
         assert abs(ours.loc[level, "cooksd"] - cooksd) <= 1e-3 * cooksd
         assert abs(ours.loc[level, "rvc.sigma2"] - (deleted.scale / c.result.scale - 1)) <= 1e-4
+
+
+@pytest.mark.parametrize("level", [1, "Subject"])
+def test_hlm_augment_joins_residuals_and_influence(level) -> None:
+    data = load_reference_frame("sleepstudy", ["Subject"])
+    res = interlace.fit("Reaction ~ Days + (Days | Subject)", data)
+    aug = interlace.hlm_augment(res, level=level)
+    resid = interlace.hlm_resid(res, level=level)
+    infl = interlace.hlm_influence(res, level=level)
+    assert list(aug.columns[: resid.shape[1]]) == list(resid.columns)
+    assert len(aug) == len(resid) == len(infl)
+    for column in ("cooksd", "mdffits", "covtrace", "covratio"):
+        np.testing.assert_array_equal(aug[column].to_numpy(), infl.loc[aug.index, column].to_numpy())
+    np.testing.assert_array_equal(aug[resid.columns[-1]].to_numpy(), resid.iloc[:, -1].to_numpy())

@@ -58,6 +58,7 @@ __all__ = [
     "cooks_distance",
     "covratio",
     "covtrace",
+    "hlm_augment",
     "hlm_influence",
     "hlm_resid",
     "leverage",
@@ -865,3 +866,52 @@ def rvc(
     _, frame = _diagnostics(res, level, False, n_jobs, progress)
     out = frame[[c for c in frame.columns if c.startswith("rvc.")]]
     return out.rename(columns=lambda c: c[len("rvc.") :])
+
+
+def hlm_augment(
+    res: LmmResult,
+    level: int | str = 1,
+    approx: bool = True,
+    *,
+    include_ls: bool = True,
+    n_jobs: int | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The model frame (or the levels of a factor) with residuals and influence, as HLMdiag's
+    ``hlm_augment``: :func:`hlm_resid` joined with :func:`hlm_influence` on the row or level.
+
+    Parameters
+    ----------
+    res : LmmResult
+    level : 1 or str, default 1
+        1 for one row per observation, or a grouping factor for one row per level.
+    approx : bool, default True
+        One-step diagnostics (True) or exact case deletion (False).
+    include_ls : bool, default True
+        Passed to :func:`hlm_resid`.
+    n_jobs, progress
+        Passed to :func:`hlm_influence`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every column of ``hlm_resid(res, level)`` followed by the influence columns it lacks.
+
+    Examples
+    --------
+    >>> import interlace
+    >>> df = interlace.datasets.load("students_schools")
+    >>> res = interlace.fit("score ~ hours + (1 | school)", df)
+    >>> aug = interlace.hlm_augment(res)
+    >>> {".resid", "cooksd", "leverage.overall"} <= set(aug.columns)
+    True
+    """
+    resid = hlm_resid(res, level=level, include_ls=include_ls)
+    influence = hlm_influence(res, level=level, approx=approx, n_jobs=n_jobs, progress=progress)
+    extra = influence[[c for c in influence.columns if c not in resid.columns]]
+    if not resid.index.sort_values().equals(extra.index.sort_values()):
+        raise InterlaceError(
+            f"internal error: residuals and influence at level {level!r} index different rows"
+        )
+    return resid.join(extra)
+

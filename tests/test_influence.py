@@ -570,5 +570,7 @@ def test_hlm_augment_joins_residuals_and_influence(level) -> None:
     assert list(aug.columns[: resid.shape[1]]) == list(resid.columns)
     assert len(aug) == len(resid) == len(infl)
     for column in ("cooksd", "mdffits", "covtrace", "covratio"):
-        np.testing.assert_array_equal(aug[column].to_numpy(), infl.loc[aug.index, column].to_numpy())
+        np.testing.assert_array_equal(
+            aug[column].to_numpy(), infl.loc[aug.index, column].to_numpy()
+        )
     np.testing.assert_array_equal(aug[resid.columns[-1]].to_numpy(), resid.iloc[:, -1].to_numpy())

@@ -914,4 +914,3 @@ def hlm_augment(
             f"internal error: residuals and influence at level {level!r} index different rows"
         )
     return resid.join(extra)
-

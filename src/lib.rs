@@ -5,6 +5,7 @@
 // Numerical kernels index by the same subscripts as the equations they implement.
 #![allow(clippy::needless_range_loop)]
 
+pub mod bootstrap;
 pub mod dense;
 pub mod error;
 pub mod influence;

@@ -495,6 +495,65 @@ impl Model {
         }
     }
 
+    /// The same model with the response replaced by `y` (lme4's `refit(object, newresp)`): a
+    /// clone in which only the crossproduct entries that involve y are recomputed — the last
+    /// column of A₃₁ᵀ = Z₁ᵀ[X y] and of A₃₂ᵀ = Z_restᵀ[X y], and the last row and column of
+    /// A₃₃ = [X y]ᵀ[X y]. The factor is left as it was; `update_l` overwrites it.
+    pub fn with_response(&self, y: &[f64]) -> CoreResult<Model> {
+        if y.len() != self.n {
+            return Err(CoreError::DimensionMismatch {
+                what: "length of the new response".into(),
+                expected: self.n,
+                found: y.len(),
+            });
+        }
+        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::NonFinite {
+                what: "the new response".into(),
+                index: i,
+            });
+        }
+        let mut out = self.clone();
+        out.y.copy_from_slice(y);
+        let p = self.p;
+        let a = &mut out.a;
+        let t1 = &self.terms[0];
+        let q1 = t1.q;
+        for r in 0..a.a31t.nrows() {
+            a.a31t[(r, p)] = 0.0;
+        }
+        for r in 0..a.a32t.nrows() {
+            a.a32t[(r, p)] = 0.0;
+        }
+        let mut xty = vec![0.0; p];
+        let mut yty = 0.0;
+        for i in 0..self.n {
+            let v = y[i];
+            let j = t1.codes[i] as usize;
+            let z = t1.z_row(i);
+            for c in 0..q1 {
+                a.a31t[(j * q1 + c, p)] += z[c] * v;
+            }
+            for (k, tk) in self.terms.iter().enumerate().skip(1) {
+                let base = self.rest_offsets[k] + tk.codes[i] as usize * tk.q;
+                let zk = tk.z_row(i);
+                for c in 0..tk.q {
+                    a.a32t[(base + c, p)] += zk[c] * v;
+                }
+            }
+            for (t, s) in xty.iter_mut().enumerate() {
+                *s += self.x[(i, t)] * v;
+            }
+            yty += v * v;
+        }
+        for (t, &s) in xty.iter().enumerate() {
+            a.a33[(p, t)] = s;
+            a.a33[(t, p)] = s;
+        }
+        a.a33[(p, p)] = yty;
+        Ok(out)
+    }
+
     pub fn n_obs(&self) -> usize {
         self.n
     }
@@ -1378,6 +1437,35 @@ mod tests {
         let ours = model.objective(&theta).unwrap();
         let (dense, _, _) = dense_objective(&d, &theta, true);
         assert!((ours - dense).abs() < 1e-9 * dense.abs());
+    }
+
+    #[test]
+    fn with_response_equals_a_fresh_model_on_the_new_response() {
+        let d = random_design(8, 60);
+        let model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+        let mut g = Lcg(31);
+        let y2: Vec<f64> = (0..d.y.len()).map(|_| 3.0 * g.normal() - 1.0).collect();
+        let mut swapped = model.with_response(&y2).unwrap();
+        let mut fresh = Model::new(&y2, d.x.as_ref(), d.terms.clone(), true).unwrap();
+        let close = |a: &Mat<f64>, b: &Mat<f64>| {
+            assert_eq!((a.nrows(), a.ncols()), (b.nrows(), b.ncols()));
+            for c in 0..a.ncols() {
+                for r in 0..a.nrows() {
+                    assert!((a[(r, c)] - b[(r, c)]).abs() <= 1e-12 * b[(r, c)].abs().max(1.0), "({r}, {c})");
+                }
+            }
+        };
+        close(&swapped.a.a31t, &fresh.a.a31t);
+        close(&swapped.a.a32t, &fresh.a.a32t);
+        close(&swapped.a.a33, &fresh.a.a33);
+        assert_eq!(swapped.y, y2);
+        let theta = random_theta(&mut g, &fresh);
+        let (ours, theirs) = (swapped.estimates(&theta).unwrap(), fresh.estimates(&theta).unwrap());
+        assert!((ours.objective - theirs.objective).abs() < 1e-9 * theirs.objective.abs());
+        for (a, b) in ours.beta.iter().zip(&theirs.beta) {
+            assert!((a - b).abs() < 1e-9 * b.abs().max(1.0));
+        }
+        assert!(model.with_response(&y2[1..]).is_err());
     }
 
     #[test]

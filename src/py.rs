@@ -411,10 +411,126 @@ fn register_influence(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 // ---- end of influence diagnostics ----
 
+// ---- simulation and bootstrap ----
+// lme4's simulate and bootMer, parametric (numerics in `bootstrap.rs`). Replicate r's random
+// numbers depend only on (seed, r), so results do not depend on `n_jobs` (0: all cores).
+
+/// `nsim` responses simulated at θ̂, returned as (nsim, n): row r is replicate r.
+#[pyfunction]
+#[pyo3(signature = (model, theta_hat, nsim, seed, conditional=false))]
+fn simulate_responses<'py>(
+    py: Python<'py>,
+    model: PyRef<'_, PyModel>,
+    theta_hat: PyReadonlyArray1<'_, f64>,
+    nsim: usize,
+    seed: u64,
+    conditional: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let theta_hat = vec_from(&theta_hat);
+    let inner = &model.inner;
+    let n = inner.n_obs();
+    let values = run_core(py, move || crate::bootstrap::simulate(inner, &theta_hat, nsim, seed, conditional))?;
+    // Column-major n × nsim is row-major nsim × n.
+    let out = Array2::from_shape_vec((nsim, n), values).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(out.into_pyarray(py).into_any())
+}
+
+/// The parametric bootstrap: `nsim` refits to responses simulated at θ̂, warm-started at θ̂.
+/// `progress(done)` is called now and then with the number of finished refits.
+#[pyfunction]
+#[pyo3(signature = (model, theta_hat, nsim, seed, n_jobs=0, progress=None, rho_begin=0.2, rho_end=1e-7, max_evals=0))]
+#[allow(clippy::too_many_arguments)]
+fn parametric_bootstrap<'py>(
+    py: Python<'py>,
+    model: PyRef<'_, PyModel>,
+    theta_hat: PyReadonlyArray1<'_, f64>,
+    nsim: usize,
+    seed: u64,
+    n_jobs: usize,
+    progress: Option<Py<PyAny>>,
+    rho_begin: f64,
+    rho_end: f64,
+    max_evals: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    if !(rho_begin.is_finite() && rho_begin > 0.0 && rho_end.is_finite() && rho_end > 0.0) {
+        return Err(to_pyerr(
+            py,
+            CoreError::InvalidTheta {
+                reason: format!("optimiser radii must be positive and finite (rho_begin={rho_begin}, rho_end={rho_end})"),
+            },
+        ));
+    }
+    let theta_hat = vec_from(&theta_hat);
+    let options = FitOptions {
+        rho_begin,
+        rho_end,
+        max_evals,
+    };
+    let inner = &model.inner;
+    let (n_theta, p) = (inner.n_theta(), inner.n_fixed());
+    // The core polls from the calling (main) thread: take the GIL briefly, look at the signals
+    // (Ctrl-C) and report progress; a Python error from either stops the workers.
+    let mut python_error: Option<PyErr> = None;
+    let error_slot = &mut python_error;
+    let mut last_reported = usize::MAX;
+    let mut poll = move |done: usize| -> bool {
+        Python::attach(|py| {
+            if let Err(e) = py.check_signals() {
+                *error_slot = Some(e);
+                return true;
+            }
+            if let Some(callback) = &progress {
+                if done != last_reported {
+                    last_reported = done;
+                    if let Err(e) = callback.call1(py, (done,)) {
+                        *error_slot = Some(e);
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+    };
+    let fits = run_core(py, move || crate::bootstrap::bootstrap(inner, &theta_hat, nsim, seed, n_jobs, options, &mut poll));
+    if let Some(e) = python_error {
+        return Err(e);
+    }
+    let fits = fits?;
+    let mut theta = Array2::<f64>::zeros((nsim, n_theta));
+    let mut beta = Array2::<f64>::zeros((nsim, p));
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(nsim);
+    for (r, f) in fits.iter().enumerate() {
+        for (t, &v) in f.theta.iter().enumerate() {
+            theta[[r, t]] = v;
+        }
+        for (c, &v) in f.beta.iter().enumerate() {
+            beta[[r, c]] = v;
+        }
+        errors.push(f.error.as_ref().map(|e| e.to_string()));
+    }
+    let d = PyDict::new(py);
+    d.set_item("theta", theta.into_pyarray(py))?;
+    d.set_item("beta", beta.into_pyarray(py))?;
+    d.set_item("sigma", fits.iter().map(|f| f.sigma).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("objective", fits.iter().map(|f| f.objective).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("n_evals", fits.iter().map(|f| f.n_evals as i64).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("converged", fits.iter().map(|f| f.converged).collect::<Vec<_>>().into_pyarray(py))?;
+    d.set_item("errors", errors)?;
+    Ok(d)
+}
+
+fn register_bootstrap(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(simulate_responses, m)?)?;
+    m.add_function(wrap_pyfunction!(parametric_bootstrap, m)?)?;
+    Ok(())
+}
+// ---- end of simulation and bootstrap ----
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     register_influence(m)?;
+    register_bootstrap(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

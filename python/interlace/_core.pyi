@@ -10,6 +10,7 @@ covariance factor λ_k whose lower triangle, column-major, is that term's slice 
 1 on the diagonal, 0 elsewhere).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,3 +97,34 @@ def delete_and_refit(
     (in input order): ``theta`` (sets, n_theta), ``beta`` (sets, p), ``beta_cov``
     (sets, p, p), ``sigma``, ``objective`` (sets,), ``n_evals`` (int64), ``converged`` (bool),
     ``errors`` (list of str or None; NaN estimates where a refit failed)."""
+
+# ---- simulation and bootstrap (src/bootstrap.rs) ----
+# Seeds are 0 ≤ seed < 2**64; replicate r's random numbers depend only on (seed, r), so results
+# do not depend on ``n_jobs`` (worker threads, 0 for all cores).
+
+def simulate_responses(
+    model: Model,
+    theta_hat: npt.NDArray[np.float64],
+    nsim: int,
+    seed: int,
+    conditional: bool = False,
+) -> npt.NDArray[np.float64]:
+    """(nsim, n): responses simulated at θ̂ with β̂, σ̂ the estimates there: Xβ̂ + Zb* + σ̂ε*
+    with new b* = σ̂Λu* (lme4's use.u = FALSE), or with the modes b̂ when ``conditional``."""
+
+def parametric_bootstrap(
+    model: Model,
+    theta_hat: npt.NDArray[np.float64],
+    nsim: int,
+    seed: int,
+    n_jobs: int = 0,
+    progress: Callable[[int], object] | None = None,
+    rho_begin: float = 0.2,
+    rho_end: float = 1e-7,
+    max_evals: int = 0,
+) -> dict[str, Any]:
+    """Refit θ (BOBYQA from ``theta_hat``) to ``nsim`` responses simulated at θ̂ (new random
+    effects), in parallel; per replicate, in order: ``theta`` (nsim, n_theta), ``beta``
+    (nsim, p), ``sigma``, ``objective`` (nsim,), ``n_evals`` (int64), ``converged`` (bool),
+    ``errors`` (list of str or None; NaN estimates where a refit failed). ``progress(done)``
+    is called now and then from the calling thread; Ctrl-C raises KeyboardInterrupt."""

@@ -1172,6 +1172,10 @@ def confint(
     parm: Sequence[str] | None = None,
     level: float = 0.95,
     method: str = "wald",
+    *,
+    nsim: int = 500,
+    seed: int | None = None,
+    n_jobs: int | None = None,
 ) -> pd.DataFrame:
     """Confidence intervals for the variance parameters and fixed effects, as lme4's ``confint``.
 
@@ -1186,6 +1190,10 @@ def confint(
     method : {"wald", "profile"}
         ``"wald"``: β̂ ± z·se for the fixed effects, NaN for the variance parameters (as lme4).
         ``"profile"``: likelihood-profile intervals for every parameter (lme4's default method).
+        ``"boot"``: percentile intervals from a parametric bootstrap of ``nsim`` refits
+        (lme4's ``method = "boot"``; see :func:`interlace.bootstrap.bootstrap`).
+    nsim, seed, n_jobs
+        For ``"boot"``: number of replicates (lme4's default 500), seed, worker threads.
 
     Returns
     -------
@@ -1216,8 +1224,8 @@ def confint(
     >>> list(ci.index)[-1] == res.fe_params.index[-1]
     True
     """
-    if not isinstance(method, str) or method.lower() not in ("wald", "profile"):
-        raise InterlaceError(f"unknown confint method {method!r}: use 'wald' or 'profile'")
+    if not isinstance(method, str) or method.lower() not in ("wald", "profile", "boot"):
+        raise InterlaceError(f"unknown confint method {method!r}: use 'wald', 'profile' or 'boot'")
     level = float(level)
     if not 0.0 < level < 1.0:
         raise InterlaceError(f"level must be between 0 and 1, got {level}")
@@ -1235,6 +1243,10 @@ def confint(
     labels = _percent_labels(level)
     z = _normal_quantile(0.5 + 0.5 * level)
     out = pd.DataFrame(np.nan, index=pd.Index(wanted), columns=labels, dtype=float)
+    if method.lower() == "boot":
+        from interlace.bootstrap import bootstrap_confint
+
+        return bootstrap_confint(result, wanted, level, nsim=nsim, seed=seed, n_jobs=n_jobs)
     if method.lower() == "wald":
         for name in wanted:
             if name in fixed_names:

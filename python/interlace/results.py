@@ -423,14 +423,26 @@ class LmmResult:
 
         return inference.fe_pvalues(self)
 
-    def confint(self, parm: Any = None, level: float = 0.95, method: str = "wald") -> pd.DataFrame:
-        """Confidence intervals, ``"wald"`` or likelihood ``"profile"`` (lme4's ``confint``).
+    def confint(
+        self,
+        parm: Any = None,
+        level: float = 0.95,
+        method: str = "wald",
+        *,
+        nsim: int = 500,
+        seed: int | None = None,
+        n_jobs: int | None = None,
+    ) -> pd.DataFrame:
+        """Confidence intervals: ``"wald"``, likelihood ``"profile"`` or percentile ``"boot"``
+        (lme4's ``confint``; ``nsim``, ``seed``, ``n_jobs`` are for ``"boot"``).
 
         See :func:`interlace.inference.confint`.
         """
         from interlace import inference
 
-        return inference.confint(self, parm=parm, level=level, method=method)
+        return inference.confint(
+            self, parm=parm, level=level, method=method, nsim=nsim, seed=seed, n_jobs=n_jobs
+        )
 
     def predict(self, newdata: Any = None, include_re: bool = True) -> np.ndarray:
         """Predictions on the fit's rows or on ``newdata``; unseen levels contribute zero.
@@ -440,6 +452,53 @@ class LmmResult:
         from interlace import inference
 
         return inference.predict(self, newdata, include_re=include_re)
+
+    # --- simulation, bootstrap, refitting (interlace.bootstrap) -------------------------------
+
+    def simulate(
+        self, nsim: int = 1, seed: int | None = None, include_re: bool = True
+    ) -> np.ndarray:
+        """Responses simulated from the fit, (nobs, nsim) (lme4's ``simulate``).
+
+        See :func:`interlace.bootstrap.simulate`.
+        """
+        from interlace import bootstrap
+
+        return bootstrap.simulate(self, nsim=nsim, seed=seed, include_re=include_re)
+
+    def bootstrap(
+        self,
+        n: int = 1000,
+        statistic: Any = None,
+        seed: int | None = None,
+        n_jobs: int | None = None,
+        progress: Any = None,
+    ) -> Any:
+        """Parametric bootstrap (lme4's ``bootMer``), a ``BootstrapResult``.
+
+        See :func:`interlace.bootstrap.bootstrap`.
+        """
+        from interlace import bootstrap
+
+        return bootstrap.bootstrap(
+            self, n=n, statistic=statistic, seed=seed, n_jobs=n_jobs, progress=progress
+        )
+
+    def update(
+        self,
+        data: Any = None,
+        formula: str | None = None,
+        *,
+        response: Any = None,
+        method: str | None = None,
+    ) -> LmmResult:
+        """Refit with new data, formula or response (lme4's ``update`` / ``refit``).
+
+        See :func:`interlace.bootstrap.update`.
+        """
+        from interlace import bootstrap
+
+        return bootstrap.update(self, data, formula, response=response, method=method)
 
 
 def _merge_blocks(group: str, frames: list[pd.DataFrame]) -> pd.Series | pd.DataFrame:

@@ -159,6 +159,7 @@ pub fn simulate(model: &Model, theta_hat: &[f64], nsim: usize, seed: u64, condit
     let mut out = vec![0.0; n * nsim];
     for (r, column) in out.chunks_exact_mut(n.max(1)).enumerate().take(nsim) {
         simulate_one(&work, &est, conditional, &mut Stream::new(seed, r as u64), column);
+        work.unweight(column);
     }
     Ok(out)
 }

@@ -112,7 +112,8 @@ pub struct MarginalResiduals {
     pub fitted: Vec<f64>,
     /// y − Xβ̂.
     pub resid: Vec<f64>,
-    /// L_V⁻¹(y − Xβ̂), when asked for.
+    /// L_V⁻¹(y − Xβ̂), when asked for; with prior weights, of the weighted model
+    /// (V = W^{-1/2}-scaled, so the values are standardised either way).
     pub cholesky: Option<Vec<f64>>,
 }
 
@@ -222,8 +223,10 @@ fn one_step_with(
 pub fn marginal_residuals(model: &Model, theta: &[f64], cholesky: bool) -> CoreResult<MarginalResiduals> {
     let factor = ReFactor::new(&model.terms, theta)?;
     let marginal = Marginal::new(&Data::of(model), &factor)?;
-    let resid = marginal.resid.clone();
-    let fitted: Vec<f64> = model.y.iter().zip(&resid).map(|(y, e)| y - e).collect();
+    let mut resid = marginal.resid.clone();
+    let mut fitted: Vec<f64> = model.y.iter().zip(&resid).map(|(y, e)| y - e).collect();
+    model.unweight(&mut resid);
+    model.unweight(&mut fitted);
     let cholesky = if cholesky {
         Some(kalman_whitened(&factor, &marginal)?)
     } else {
@@ -352,7 +355,13 @@ pub fn reduced_model(model: &Model, drop: &[usize]) -> CoreResult<Model> {
         return Err(row_out_of_range(bad, model.n));
     }
     let (y, x, terms) = kept_rows(model, drop);
-    Model::new(&y, x.as_ref(), terms, model.reml)
+    let mut reduced = Model::new(&y, x.as_ref(), terms, model.reml)?;
+    if let Some(sqrt_w) = &model.sqrt_w {
+        let mut keep = vec![true; model.n];
+        drop.iter().for_each(|&i| keep[i] = false);
+        reduced.set_sqrt_weights(sqrt_w.iter().zip(&keep).filter(|(_, &k)| k).map(|(s, _)| *s).collect());
+    }
+    Ok(reduced)
 }
 
 /// y, X and the terms on the rows not in `drop` (which must be valid rows).

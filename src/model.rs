@@ -182,6 +182,11 @@ pub struct Model {
     pub(crate) lambdas: Vec<Vec<f64>>,
     pub(crate) chol_buffer: Scratch,
     pub(crate) par: Par,
+    /// √w per row for prior weights (lme4's `weights`): y, X and Z are stored multiplied by
+    /// it, so every computation works on the weighted scale. `None`: unit weights.
+    pub(crate) sqrt_w: Option<Vec<f64>>,
+    /// log|W| = Σ log wᵢ, subtracted from the objective as lme4 does (0 without weights).
+    pub(crate) log_det_w: f64,
 }
 
 /// Scratch memory for the dense Cholesky, sized once per model (cloning a model gives the
@@ -318,7 +323,58 @@ impl Model {
             lambdas,
             chol_buffer: Scratch::new(scratch),
             par,
+            sqrt_w: None,
+            log_det_w: 0.0,
         })
+    }
+
+    /// A model with prior weights: observation i has residual variance σ²/wᵢ (lme4's
+    /// `weights`). Rows of y, X and Z are scaled by √wᵢ and the objective gains −log|W|, so the
+    /// criterion, σ, β and its covariance are lme4's; fitted values and residuals are reported
+    /// on the original scale.
+    pub fn with_weights(y: &[f64], x: MatRef<'_, f64>, mut terms: Vec<Term>, reml: bool, weights: &[f64]) -> CoreResult<Self> {
+        let n = y.len();
+        if weights.len() != n {
+            return Err(CoreError::DimensionMismatch {
+                what: "length of the weights".into(),
+                expected: n,
+                found: weights.len(),
+            });
+        }
+        if let Some(i) = weights.iter().position(|w| !(w.is_finite() && *w > 0.0)) {
+            return Err(CoreError::NonFinite {
+                what: "the weights (each must be finite and positive)".into(),
+                index: i,
+            });
+        }
+        if x.nrows() != n || terms.iter().any(|t| t.codes.len() != n || t.z.len() != n * t.q) {
+            // Model::new names the mismatch.
+            return Model::new(y, x, terms, reml);
+        }
+        let sqrt_w: Vec<f64> = weights.iter().map(|w| w.sqrt()).collect();
+        let ys: Vec<f64> = y.iter().zip(&sqrt_w).map(|(v, s)| v * s).collect();
+        let xs = Mat::<f64>::from_fn(n, x.ncols(), |i, j| x[(i, j)] * sqrt_w[i]);
+        for t in &mut terms {
+            for (row, s) in t.z.chunks_exact_mut(t.q).zip(&sqrt_w) {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        let mut model = Model::new(&ys, xs.as_ref(), terms, reml)?;
+        model.set_sqrt_weights(sqrt_w);
+        Ok(model)
+    }
+
+    /// Records √w for data already stored on the weighted scale.
+    pub(crate) fn set_sqrt_weights(&mut self, sqrt_w: Vec<f64>) {
+        self.log_det_w = sqrt_w.iter().map(|s| 2.0 * s.ln()).sum();
+        self.sqrt_w = Some(sqrt_w);
+    }
+
+    /// Values on the weighted scale (√wᵢ·vᵢ) back to the original scale, in place.
+    pub(crate) fn unweight(&self, values: &mut [f64]) {
+        if let Some(sqrt_w) = &self.sqrt_w {
+            values.iter_mut().zip(sqrt_w).for_each(|(v, s)| *v /= s);
+        }
     }
 
     /// Bytes the model will hold: the data copy, the crossproduct and the factor. The dense rest
@@ -495,7 +551,8 @@ impl Model {
         }
     }
 
-    /// The same model with the response replaced by `y` (lme4's `refit(object, newresp)`): a
+    /// The same model with the response replaced by `y`, given on the model's weighted scale
+    /// (√wᵢ·yᵢ; the original scale without weights) (lme4's `refit(object, newresp)`): a
     /// clone in which only the crossproduct entries that involve y are recomputed — the last
     /// column of A₃₁ᵀ = Z₁ᵀ[X y] and of A₃₂ᵀ = Z_restᵀ[X y], and the last row and column of
     /// A₃₃ = [X y]ᵀ[X y]. The factor is left as it was; `update_l` overwrites it.
@@ -808,14 +865,14 @@ impl Model {
                 ldx += self.l.l33[(c, c)].ln();
             }
             let nmp = n - p as f64;
-            ld + 2.0 * ldx + nmp * (1.0 + (2.0 * std::f64::consts::PI * r2 / nmp).ln())
+            ld - self.log_det_w + 2.0 * ldx + nmp * (1.0 + (2.0 * std::f64::consts::PI * r2 / nmp).ln())
         } else {
-            ld + n * (1.0 + (2.0 * std::f64::consts::PI * r2 / n).ln())
+            ld - self.log_det_w + n * (1.0 + (2.0 * std::f64::consts::PI * r2 / n).ln())
         }
     }
 
-    /// The pieces of the objective at θ: (log|L_θ|², log|R_X|², r²), where r² is the penalised
-    /// residual sum of squares. With them the unprofiled −2 log-likelihood at any σ is
+    /// The pieces of the objective at θ: (log|L_θ|² − log|W|, log|R_X|², r²), where r² is the
+    /// penalised residual sum of squares and W the prior weights. With them the unprofiled −2 log-likelihood at any σ is
     /// log|L_θ|² + [log|R_X|²] + dof·log(2πσ²) + r²/σ² (dof = n − p for REML, n for ML).
     pub fn deviance_parts(&mut self, theta: &[f64]) -> CoreResult<(f64, f64, f64)> {
         self.update_l(theta)?;
@@ -825,7 +882,7 @@ impl Model {
             ldx += self.l.l33[(c, c)].ln();
         }
         let r = self.l.l33[(p, p)];
-        Ok((self.logdet_re(), 2.0 * ldx, r * r))
+        Ok((self.logdet_re() - self.log_det_w, 2.0 * ldx, r * r))
     }
 
     /// REML criterion or deviance (−2 log-likelihood) profiled over β and σ.
@@ -931,7 +988,9 @@ impl Model {
             }
             *f = s;
         }
-        let resid: Vec<f64> = self.y.iter().zip(&fitted).map(|(y, f)| y - f).collect();
+        let mut resid: Vec<f64> = self.y.iter().zip(&fitted).map(|(y, f)| y - f).collect();
+        self.unweight(&mut fitted);
+        self.unweight(&mut resid);
 
         let b_cond_cov = self.conditional_covariances(sigma2);
 
@@ -1425,6 +1484,60 @@ mod tests {
             let dof = if reml { (n - 2) as f64 } else { n as f64 };
             assert!(((rss + pen) / dof - est.sigma * est.sigma).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn weighted_model_is_the_prescaled_model_less_log_det_w() {
+        // Weights w: the objective is the unit-weight objective on √w-scaled rows minus Σ log w,
+        // for REML and ML; fitted values and residuals come back on the original scale.
+        let d = random_design(6, 50);
+        let mut g = Lcg(17);
+        let w: Vec<f64> = (0..d.y.len()).map(|_| 0.2 + 3.0 * g.next()).collect();
+        let sw: Vec<f64> = w.iter().map(|v| v.sqrt()).collect();
+        let ys: Vec<f64> = d.y.iter().zip(&sw).map(|(v, s)| v * s).collect();
+        let xs = Mat::<f64>::from_fn(d.x.nrows(), d.x.ncols(), |i, j| d.x[(i, j)] * sw[i]);
+        let terms_s: Vec<Term> = d
+            .terms
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                for (row, s) in t.z.chunks_exact_mut(t.q).zip(&sw) {
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
+                t
+            })
+            .collect();
+        let log_det_w: f64 = w.iter().map(|v| v.ln()).sum();
+        let theta = vec![0.7, -0.2, 0.5, 1.3, 0.4, 0.1, 0.8];
+        for reml in [true, false] {
+            let mut weighted =
+                Model::with_weights(&d.y, d.x.as_ref(), d.terms.clone(), reml, &w).unwrap();
+            let mut scaled = Model::new(&ys, xs.as_ref(), terms_s.clone(), reml).unwrap();
+            let (a, b) = (
+                weighted.objective(&theta).unwrap(),
+                scaled.objective(&theta).unwrap(),
+            );
+            assert!((a - (b - log_det_w)).abs() < 1e-10 * a.abs());
+            let (ea, eb) = (
+                weighted.estimates(&theta).unwrap(),
+                scaled.estimates(&theta).unwrap(),
+            );
+            for i in 0..d.y.len() {
+                assert!(
+                    (ea.fitted[i] * sw[i] - eb.fitted[i]).abs() < 1e-9 * (1.0 + eb.fitted[i].abs())
+                );
+                assert!((ea.fitted[i] + ea.resid[i] - d.y[i]).abs() < 1e-9 * (1.0 + d.y[i].abs()));
+            }
+            assert!((ea.sigma - eb.sigma).abs() < 1e-12 * eb.sigma);
+        }
+        let bad = vec![1.0; d.y.len() - 1];
+        assert!(Model::with_weights(&d.y, d.x.as_ref(), d.terms.clone(), true, &bad).is_err());
+        let mut negative = w.clone();
+        negative[3] = -1.0;
+        assert!(matches!(
+            Model::with_weights(&d.y, d.x.as_ref(), d.terms.clone(), true, &negative),
+            Err(CoreError::NonFinite { index: 3, .. })
+        ));
     }
 
     #[test]

@@ -66,6 +66,8 @@ struct PyModel {
 #[pymethods]
 impl PyModel {
     #[new]
+    #[pyo3(signature = (y, x, codes, z, n_levels, reml, weights=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         y: PyReadonlyArray1<'_, f64>,
@@ -74,6 +76,7 @@ impl PyModel {
         z: Vec<PyReadonlyArray2<'_, f64>>,
         n_levels: Vec<usize>,
         reml: bool,
+        weights: Option<PyReadonlyArray1<'_, f64>>,
     ) -> PyResult<Self> {
         if codes.len() != z.len() || codes.len() != n_levels.len() {
             return Err(to_pyerr(
@@ -88,6 +91,7 @@ impl PyModel {
         // Copy everything out of numpy memory before releasing the GIL: no Rust view into a
         // numpy buffer outlives this call.
         let y: Vec<f64> = y.as_array().iter().copied().collect();
+        let weights: Option<Vec<f64>> = weights.map(|w| w.as_array().iter().copied().collect());
         let xa = x.as_array();
         let (n, p) = (xa.nrows(), xa.ncols());
         let xm = Mat::<f64>::from_fn(n, p, |i, j| xa[[i, j]]);
@@ -119,7 +123,10 @@ impl PyModel {
             for (k, (cv, zr, q)) in raw_terms.into_iter().enumerate() {
                 terms.push(Term::new(&cv, zr, q, n_levels[k], k)?);
             }
-            Model::new(&y, xm.as_ref(), terms, reml)
+            match &weights {
+                Some(w) => Model::with_weights(&y, xm.as_ref(), terms, reml, w),
+                None => Model::new(&y, xm.as_ref(), terms, reml),
+            }
         })?;
         Ok(PyModel { inner })
     }

@@ -167,6 +167,23 @@ def test_integer_grouping_columns_are_read_as_labels(tmp_path, capsys, suffix):
     assert_record_matches(json.loads(out), res)
 
 
+def test_weights_column_gives_the_weighted_fit(tmp_path, capsys):
+    frame = reading_times().assign(w=lambda d: 1.0 + (np.arange(len(d)) % 3) / 2)
+    data = write_data(frame, tmp_path, "csv")
+    code = main(["fit", FORMULA, "--data", str(data), "--json", "--weights", "w"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = interlace.fit(FORMULA, data=frame, weights="w")
+    assert res.llf != python_fit().llf
+    assert_record_matches(json.loads(out), res)
+    frame.loc[4, "w"] = -2.0
+    data = write_data(frame, tmp_path, "csv")
+    code = main(["fit", FORMULA, "--data", str(data), "--weights", "w"])
+    assert_one_error_line(capsys, code, "weights column 'w' has 1 negative value")
+
+
 def test_a_bad_formula_is_one_line_and_status_2(tmp_path, capsys):
     data = write_data(reading_times(), tmp_path, "csv")
     code = main(["fit", "rt ~ condition + (1 | subject", "--data", str(data)])

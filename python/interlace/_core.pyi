@@ -27,7 +27,9 @@ class Model:
         z: list[npt.NDArray[np.float64]],
         n_levels: list[int],
         reml: bool,
-    ) -> None: ...
+        weights: npt.NDArray[np.float64] | None = None,
+    ) -> None:
+        """``weights``: prior weights (lme4's), finite and positive; residual variance σ²/wᵢ."""
     @property
     def n_theta(self) -> int: ...
     @property
@@ -37,7 +39,8 @@ class Model:
     def objective(self, theta: npt.NDArray[np.float64]) -> float:
         """REML criterion (reml=True) or deviance, -2 log-likelihood, profiled over β and σ."""
     def deviance_parts(self, theta: npt.NDArray[np.float64]) -> tuple[float, float, float]:
-        """(log|L_θ|², log|R_X|², r²) at θ; r² is the penalised residual sum of squares. The
+        """(log|L_θ|² - log|W|, log|R_X|², r²) at θ; r² is the penalised residual sum of
+        squares, W the prior weights (log|W| = 0 without). The
         unprofiled -2 log-likelihood at σ is log|L_θ|² [+ log|R_X|² for REML] + dof·log(2πσ²)
         + r²/σ², dof = n - p (REML) or n (ML)."""
     def fit(

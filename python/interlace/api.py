@@ -27,6 +27,7 @@ _METHODS = {"REML": True, "ML": False}
 
 def _core_model(design: Design, reml: bool) -> _core.Model:
     """The compiled model for a design: arrays exactly as the core's boundary expects."""
+    weights = getattr(design, "weights", None)
     return _core.Model(
         np.ascontiguousarray(design.y, dtype=np.float64),
         np.asfortranarray(design.x, dtype=np.float64),
@@ -34,6 +35,7 @@ def _core_model(design: Design, reml: bool) -> _core.Model:
         [np.asfortranarray(t.z, dtype=np.float64) for t in design.terms],
         [int(t.n_levels) for t in design.terms],
         reml,
+        None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
     )
 
 
@@ -53,6 +55,7 @@ def fit(
     random: str | Sequence[str] | None = None,
     method: str = "REML",
     *,
+    weights: str | Sequence[float] | None = None,
     start: Sequence[float] | None = None,
     max_evals: int = 0,
 ) -> LmmResult:
@@ -74,6 +77,10 @@ def fit(
         ``"(1 | a:b)"``.
     method : {"REML", "ML"}
         Restricted (default) or full maximum likelihood.
+    weights : str or array-like, optional
+        Prior weights, as lme4's ``weights``: a column of ``data`` or one value per row of
+        ``data``, finite and positive. Observation i has residual variance σ²/wᵢ; the REML
+        criterion and deviance include −log|W| as lme4's do. A missing weight drops its row.
     start : sequence of float, optional
         Starting θ (lme4's layout); lme4's start (1 on the diagonals, 0 elsewhere) by default.
     max_evals : int, optional
@@ -97,7 +104,7 @@ def fit(
     if not isinstance(formula, str):
         raise InputTypeError(f"formula must be a string, not {type(formula).__name__}")
     parsed = parse_formula(formula, groups=groups, random=random)
-    design = build_design(parsed, data)
+    design = build_design(parsed, data, weights=weights)
     for name in design.dropped_fixed:
         warnings.warn(
             f"fixed-effect model matrix is rank deficient: column {name!r} is aliased with "

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from interlace import _core
-from interlace.exceptions import InputTypeError, InterlaceError
+from interlace.design import WEIGHTS_COLUMN
+from interlace.exceptions import DataError, InputTypeError, InterlaceError
 
 if TYPE_CHECKING:
     from interlace.results import LmmResult
@@ -398,10 +399,17 @@ def update(
     method = result.method if method is None else str(method).upper()
     if response is None:
         design = result.design
+        weights = design.weights_column
+        if weights == WEIGHTS_COLUMN and data is not None and WEIGHTS_COLUMN not in data.columns:
+            raise DataError(
+                "the fit used weights given as an array; give the new data its weights in a "
+                f"column named '{WEIGHTS_COLUMN}', or refit with interlace.fit(..., weights=...)"
+            )
         return fit(
             result.formula if formula is None else formula,
             design.frame if data is None else data,
             method=method,
+            weights=weights,
         )
     if data is not None or formula is not None:
         raise InterlaceError("give either response= or data=/formula=, not both")

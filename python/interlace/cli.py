@@ -1,6 +1,7 @@
 """The ``interlace`` command: fit a model from a file, for batch jobs and pipelines.
 
-    interlace fit "y ~ x + (1 | g) + (1 | h)" --data file.csv [--method ML] [--out DIR] [--json]
+    interlace fit "y ~ x + (1 | g) + (1 | h)" --data file.csv [--method ML] [--weights COLUMN]
+        [--out DIR] [--json]
     interlace datasets [NAME [--out FILE.csv]]
 
 ``fit`` prints the lme4-style summary on stdout (or, with ``--json``, one JSON document with
@@ -272,7 +273,7 @@ def _command_fit(args: argparse.Namespace) -> int:
     data = read_data(args.data, string_columns)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = interlace.fit(args.formula, data=data, method=args.method)
+        res = interlace.fit(args.formula, data=data, method=args.method, weights=args.weights)
         influence = None if args.influence is None else influence_table(res, args.influence)
     # Reported only once the fit succeeded, so a failure is exactly one line on stderr.
     info = _info if not args.quiet else _silent
@@ -351,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["REML", "ML"],
         default="REML",
         help="REML (default) or ML",
+    )
+    fit.add_argument(
+        "--weights",
+        metavar="COLUMN",
+        help="prior weights (lme4's weights=): a numeric column, finite and positive",
     )
     fit.add_argument(
         "--out",

@@ -118,6 +118,12 @@ class Design:
         with the same coding (before ``dropped_fixed`` are removed).
     parsed : ParsedFormula
         The parsed formula the design was built from.
+    weights : numpy.ndarray or None
+        float64, shape (n,): prior weights (lme4's ``weights``), finite and positive; None for
+        unit weights.
+    weights_column : str or None
+        The column of ``frame`` holding the weights: the user's column, or ``"(weights)"`` when
+        they were given as an array (lme4's model-frame name).
     """
 
     response: str
@@ -133,9 +139,15 @@ class Design:
     formula: str
     fixed_spec: ModelSpec
     parsed: ParsedFormula
+    weights: np.ndarray | None = None
+    weights_column: str | None = None
 
 
-def build_design(parsed: ParsedFormula, data: object) -> Design:
+# The model-frame column that holds weights given as an array, as lme4 names it.
+WEIGHTS_COLUMN = "(weights)"
+
+
+def build_design(parsed: ParsedFormula, data: object, weights: object = None) -> Design:
     """Build the validated arrays of a mixed model from a parsed formula and data.
 
     Parameters
@@ -144,6 +156,10 @@ def build_design(parsed: ParsedFormula, data: object) -> Design:
         The output of :func:`interlace.formula.parse_formula`.
     data : pandas.DataFrame or polars.DataFrame
         The data; anything with a ``to_pandas()`` method is converted first.
+    weights : str or array-like, optional
+        Prior weights (lme4's ``weights``): the name of a column of ``data``, or one value per
+        row of ``data``. Observation i then has residual variance σ²/wᵢ. A missing weight
+        drops the row, as any missing value does.
 
     Returns
     -------
@@ -155,8 +171,8 @@ def build_design(parsed: ParsedFormula, data: object) -> Design:
     InputTypeError
         ``data`` is not a data frame, or the response is not numeric.
     DataError
-        A missing column, no complete rows, infinite values, or a grouping factor that cannot
-        support its random effect.
+        A missing column, no complete rows, infinite values, weights that are not positive and
+        finite, or a grouping factor that cannot support its random effect.
     FormulaError
         formulaic cannot evaluate the fixed part or a term's left-hand side.
 
@@ -180,9 +196,11 @@ def build_design(parsed: ParsedFormula, data: object) -> Design:
             f"parsed must be a ParsedFormula (see parse_formula), got {type(parsed).__name__}"
         )
     data = as_pandas(data)
-    used_columns = _used_columns(parsed, data)
+    data, weights_column = _attach_weights(data, weights)
+    used_columns = _used_columns(parsed, data, weights_column)
     frame, n_dropped = _complete_rows(data, used_columns)
     _check_response_type(parsed.response, frame)
+    weight_values = None if weights_column is None else _checked_weights(frame, weights_column)
     _check_no_infinite_values(frame)
     nobs = len(frame)
     # formulaic aligns on the index; a fresh RangeIndex avoids trouble with duplicate labels.
@@ -220,6 +238,8 @@ def build_design(parsed: ParsedFormula, data: object) -> Design:
         formula=parsed.to_lme4(),
         fixed_spec=fixed_spec,
         parsed=parsed,
+        weights=None if weight_values is None else _read_only(weight_values),
+        weights_column=weights_column,
     )
 
 
@@ -273,7 +293,59 @@ def as_pandas(data: object, argument: str = "data") -> pd.DataFrame:
     raise InputTypeError(f"{argument} must be a pandas or polars DataFrame, got {kind}")
 
 
-def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> list[str]:
+def _attach_weights(data: pd.DataFrame, weights: object) -> tuple[pd.DataFrame, str | None]:
+    """``data`` with the weights as a column, and that column's name (None: no weights)."""
+    if weights is None:
+        return data, None
+    if isinstance(weights, str):
+        if weights not in {str(column) for column in data.columns}:
+            available = (str(column) for column in data.columns)
+            raise DataError(f"weights: {_missing_column_message(weights, available)}")
+        return data, weights
+    try:
+        values = np.asarray(weights)
+    except Exception as error:  # array-likes fail in many ways
+        raise InputTypeError(f"weights must be a column name or an array, got {error}") from error
+    if values.ndim != 1 or values.shape[0] != len(data):
+        raise DataError(
+            f"weights has shape {values.shape}; give one weight per row of data ({len(data)} "
+            "rows) or the name of a column"
+        )
+    if values.dtype == object:
+        values = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
+    if WEIGHTS_COLUMN in {str(column) for column in data.columns}:
+        raise DataError(f"data already has a column named '{WEIGHTS_COLUMN}'")
+    return data.assign(**{WEIGHTS_COLUMN: values}), WEIGHTS_COLUMN
+
+
+def _checked_weights(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The weights of the complete rows: numeric, finite and positive, or a DataError."""
+    series = frame[column]
+    label = "weights" if column == WEIGHTS_COLUMN else f"weights column '{column}'"
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        raise InputTypeError(f"{label} must be numeric, got dtype '{dtype}'")
+    if pd.api.types.is_complex_dtype(dtype):
+        raise InputTypeError(f"{label} must be real, got dtype '{dtype}'")
+    values = np.ascontiguousarray(series.to_numpy(dtype=np.float64))
+    for bad, what, advice in (
+        (~np.isfinite(values), "infinite", "remove or recode them"),
+        (values < 0.0, "negative", "weights must be positive"),
+        (values == 0.0, "zero", "drop those rows instead (lme4's criterion is infinite there)"),
+    ):
+        count = int(bad.sum())
+        if count:
+            first = series.index[int(np.flatnonzero(bad)[0])]
+            raise DataError(
+                f"{label} has {count} {what} value{'s' if count != 1 else ''} (first at row "
+                f"{first!r}); {advice}"
+            )
+    return values
+
+
+def _used_columns(
+    parsed: ParsedFormula, data: pd.DataFrame, weights_column: str | None = None
+) -> list[str]:
     """The data columns the model reads, in the order of ``data``; raise on a missing one."""
     available = {str(column) for column in data.columns}
     needed: list[str] = []
@@ -285,6 +357,8 @@ def _used_columns(parsed: ParsedFormula, data: pd.DataFrame) -> list[str]:
         optional.update(attribute_roots)
     for spec in parsed.random_terms:
         needed.extend(spec.factors)
+    if weights_column is not None:
+        needed.append(weights_column)
 
     for name in needed:
         if name not in available:

@@ -754,7 +754,11 @@ class Summary:
 
     @property
     def scaled_residuals(self) -> pd.Series:
+        # lme4's Pearson residuals: √w·(y − fitted)/σ, with prior weights w (1 without).
         scaled = np.asarray(self.result.resid, dtype=float) / self.result.sigma
+        weights = getattr(self.result.design, "weights", None)
+        if weights is not None:
+            scaled = scaled * np.sqrt(weights)
         quantiles = np.quantile(scaled, [0.0, 0.25, 0.5, 0.75, 1.0])  # R's type 7
         # lme4 prints zapsmall(quantiles, digits = 5): rounded relative to the largest |value|.
         largest = float(np.max(np.abs(quantiles)))
@@ -783,6 +787,9 @@ class Summary:
         head = [f"Linear mixed model fit by {by} ['LmmResult']"]
         if r.formula:
             head.append(f"Formula: {r.formula}")
+        weights_column = getattr(r.design, "weights_column", None)
+        if weights_column is not None:
+            head.append(f"Weights: {weights_column}")
         parts.append("\n".join(head))
         parts.append(self._criterion_text())
         parts.append(

@@ -16,7 +16,7 @@ import numpy as np
 
 from interlace import _core
 from interlace.design import Design, build_design
-from interlace.exceptions import InputTypeError, InterlaceError, RankDeficiencyWarning
+from interlace.exceptions import DataError, InputTypeError, InterlaceError, RankDeficiencyWarning
 from interlace.formula import parse_formula
 from interlace.results import LmmResult, fit_warnings
 
@@ -37,6 +37,24 @@ def _core_model(design: Design, reml: bool) -> _core.Model:
         reml,
         None if weights is None else np.ascontiguousarray(weights, dtype=np.float64),
     )
+
+
+def _check_residual_variation(design: Design, sigma: float) -> None:
+    """σ̂ at rounding level: the random effects reproduce the response exactly (it is constant
+    within every level of a grouping factor), so the likelihood grows without bound as σ → 0
+    and there is no estimate to report. lme4 returns one silently; refuse it."""
+    y = np.asarray(design.y, dtype=float)
+    spread = float(np.std(y)) or float(np.sqrt(np.mean(y * y)))
+    # The optimiser stops on its way to σ = 0 once θ is large: σ̂/sd(y) is then about 1e-6,
+    # where real data, even with a residual variance 1e-8 of the total, sit above 1e-4.
+    if spread > 0.0 and sigma <= 1e-5 * spread:
+        groups = ", ".join(f"'{term.group}'" for term in design.terms)
+        raise DataError(
+            f"response '{design.response}' has no residual variation once the random effects "
+            f"({groups}) are fitted: sigma is {sigma:.2g} against a response scale of "
+            f"{spread:.3g}, and the likelihood has no maximum; the response is constant within "
+            "the levels of a grouping factor"
+        )
 
 
 def _method_name(method: object) -> str:
@@ -119,6 +137,7 @@ def fit(
             f"start has {theta0.size} values; this model has {model.n_theta} covariance parameters"
         )
     core = model.fit(theta0, max_evals=int(max_evals))
+    _check_residual_variation(design, float(core["sigma"]))
     result = LmmResult.from_core(design, core, method_name)
     for category, message in fit_warnings(result):
         warnings.warn(message, category, stacklevel=2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -211,6 +212,7 @@ def build_design(parsed: ParsedFormula, data: object, weights: object = None) ->
     aliased = _aliased_columns(x_full)
     kept = sorted(set(range(x_full.shape[1])) - set(aliased))
     x = np.asfortranarray(x_full[:, kept], dtype=np.float64)
+    _check_response_not_fitted_exactly(parsed.response, y, x)
 
     groupings: dict[tuple[str, ...], tuple[pd.Index, np.ndarray]] = {}
     terms: list[ReTerm] = []
@@ -534,6 +536,33 @@ def _fixed_part(
     x = np.asfortranarray(fixed_frame.to_numpy(dtype=np.float64))
     _check_finite_columns(x, fixed_frame.columns, "fixed-effects column")
     return y, x, fixed_frame.model_spec
+
+
+def _check_response_not_fitted_exactly(response: str, y: np.ndarray, x: np.ndarray) -> None:
+    """A response the fixed effects reproduce exactly (a constant one, with an intercept) has
+    no residual variation: σ̂ = 0 and an unbounded likelihood, where lme4 returns noise and
+    convergence warnings. Refuse it, naming the response."""
+    scale = float(np.max(np.abs(y))) if y.size else 0.0
+    if scale == 0.0:
+        residual = 0.0
+    elif x.shape[1] == 0:
+        return
+    else:
+        # |R[p, p]| of the QR of [X y] is the residual norm of y on X; y scaled to max 1 so
+        # the test is the same for y and c·y.
+        r = np.linalg.qr(np.column_stack([x, y / scale]), mode="r")
+        residual = float(abs(r[-1, -1])) if r.shape[0] == r.shape[1] else 0.0
+    if residual <= 1e-12 * math.sqrt(y.size):
+        values = np.unique(y)
+        what = (
+            f"is constant (every value is {values[0]:g})"
+            if values.size == 1
+            else "is fitted exactly by the fixed effects (no residual variation)"
+        )
+        raise DataError(
+            f"response '{response}' {what}: a linear mixed model needs residual variation; "
+            "check the response column"
+        )
 
 
 def _aliased_columns(x: np.ndarray, tolerance: float = ALIASING_TOLERANCE) -> list[int]:

@@ -132,6 +132,25 @@ def test_polars_input_equals_pandas() -> None:
     assert r2.llf == pytest.approx(r1.llf, abs=1e-10)
 
 
+def test_pyarrow_table_input_equals_pandas() -> None:
+    pa = pytest.importorskip("pyarrow")
+    data = crossed_frame(7)
+    data.loc[[3, 11], "y"] = np.nan  # nulls in the Arrow table are dropped as NaN is
+    r1 = interlace.fit("y ~ x + cond + (1 | a) + (1 | b)", data)
+    table = pa.Table.from_pandas(data, preserve_index=False)
+    assert table.column("y").null_count == 2
+    r2 = interlace.fit("y ~ x + cond + (1 | a) + (1 | b)", table)
+    assert r2.nobs == r1.nobs == len(data) - 2
+    np.testing.assert_allclose(r2.fe_params.to_numpy(), r1.fe_params.to_numpy(), rtol=1e-12)
+    assert r2.llf == pytest.approx(r1.llf, abs=1e-10)
+    # Arrow dictionary (categorical) grouping columns work as pandas categoricals do.
+    categorical = table.set_column(
+        table.schema.get_field_index("a"), "a", table.column("a").dictionary_encode()
+    )
+    r3 = interlace.fit("y ~ x + cond + (1 | a) + (1 | b)", categorical)
+    assert r3.llf == pytest.approx(r1.llf, abs=1e-10)
+
+
 def test_row_order_and_level_labels_do_not_change_the_fit() -> None:
     data = crossed_frame(8)
     r1 = interlace.fit("y ~ x + (1 + x | a) + (1 | b)", data)

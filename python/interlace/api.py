@@ -84,7 +84,7 @@ def fit(
     formula : str
         ``"response ~ fixed part"``; random-effects terms may be included in lme4's one-string
         form, ``"rt ~ condition + (1 | subject) + (1 | item)"``.
-    data : pandas.DataFrame or polars.DataFrame
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
         Rows with a missing value in any column the model uses are dropped (lme4's na.omit).
     groups : str or list of str, optional
         Grouping columns, each given a random intercept ``(1 | g)``: crossed, or nested where the

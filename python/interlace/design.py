@@ -155,7 +155,7 @@ def build_design(parsed: ParsedFormula, data: object, weights: object = None) ->
     ----------
     parsed : ParsedFormula
         The output of :func:`interlace.formula.parse_formula`.
-    data : pandas.DataFrame or polars.DataFrame
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
         The data; anything with a ``to_pandas()`` method is converted first.
     weights : str or array-like, optional
         Prior weights (lme4's ``weights``): the name of a column of ``data``, or one value per
@@ -257,7 +257,7 @@ def build_design_from(
     ----------
     formula : str
         As for :func:`interlace.formula.parse_formula`.
-    data : pandas.DataFrame or polars.DataFrame
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
         The data.
     groups, random : optional
         As for :func:`interlace.formula.parse_formula`.
@@ -292,7 +292,7 @@ def as_pandas(data: object, argument: str = "data") -> pd.DataFrame:
         if isinstance(converted, pd.DataFrame):
             return converted
     kind = f"{type(data).__module__}.{type(data).__qualname__}"
-    raise InputTypeError(f"{argument} must be a pandas or polars DataFrame, got {kind}")
+    raise InputTypeError(f"{argument} must be a pandas or polars DataFrame or a pyarrow Table, got {kind}")
 
 
 def _attach_weights(data: pd.DataFrame, weights: object) -> tuple[pd.DataFrame, str | None]:

@@ -1317,7 +1317,7 @@ def predict(
     Parameters
     ----------
     result : LmmResult
-    newdata : pandas.DataFrame or polars.DataFrame, optional
+    newdata : pandas.DataFrame, polars.DataFrame or pyarrow.Table, optional
         Rows to predict; it needs the columns of the fixed part and of the random terms (not
         the response). Default: the rows of the fit.
     include_re : bool, default True

@@ -37,7 +37,13 @@ PAGES = sorted(DOCS.glob("*.md"))
 
 
 def test_the_docs_have_examples_to_run():
-    assert {page.name for page in PAGES} >= {"index.md", "quickstart.md", "lme4.md"}
+    assert {page.name for page in PAGES} >= {
+        "index.md",
+        "quickstart.md",
+        "lme4.md",
+        "random-slopes.md",
+        "diagnostics.md",
+    }
     assert sum(len(python_blocks(page.read_text(encoding="utf-8"))) for page in PAGES) >= 10
 
 

@@ -533,9 +533,29 @@ fn register_bootstrap(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 // ---- end of simulation and bootstrap ----
 
+/// Panics inside the core's guard, on the calling thread or (`in_workers`) in rayon worker
+/// threads: the test suite checks that either becomes `interlace.exceptions.NumericalError`.
+#[pyfunction]
+#[pyo3(signature = (in_workers=false))]
+fn _panic_for_testing(py: Python<'_>, in_workers: bool) -> PyResult<()> {
+    run_core(py, move || -> Result<(), CoreError> {
+        if in_workers {
+            use rayon::prelude::*;
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| CoreError::Internal {
+                reason: e.to_string(),
+            })?;
+            pool.install(|| (0..4).into_par_iter().for_each(|i| assert!(i < 2, "deliberate panic in worker {i}")));
+            Ok(())
+        } else {
+            panic!("deliberate panic for the test suite")
+        }
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_testing, m)?)?;
     register_influence(m)?;
     register_bootstrap(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -307,6 +307,27 @@ def test_core_rejects_mismatched_sizes_and_bad_theta() -> None:
     assert not issubclass(NumericalError, DataError)
 
 
+@pytest.mark.parametrize("in_workers", [False, True])
+def test_a_panic_in_the_core_is_a_numerical_error_not_a_crash(in_workers: bool) -> None:
+    with pytest.raises(NumericalError, match="deliberate panic"):
+        _core._panic_for_testing(in_workers=in_workers)
+    # The interpreter and the core are still fine afterwards.
+    assert interlace.fit("y ~ x + (1 | a)", crossed_frame(0)).converged
+
+
+def test_a_non_positive_definite_pivot_is_a_structured_error() -> None:
+    # An all-zero fixed-effects column handed straight to the core (the design stage would have
+    # dropped it as aliased): the fixed-effects block of L has a zero pivot, reported with its
+    # place.
+    rng = np.random.default_rng(0)
+    n = 30
+    x = np.asfortranarray(np.column_stack([np.ones(n), rng.normal(size=n), np.zeros(n)]))
+    codes = np.repeat(np.arange(5, dtype=np.int32), 6)
+    model = _core.Model(rng.normal(size=n), x, [codes], [np.ones((n, 1), order="F")], [5], True)
+    with pytest.raises(NumericalError, match=r"fixed-effects.*pivot 2"):
+        model.objective(np.array([1.0]))
+
+
 def test_a_model_too_large_for_memory_stops_early_with_the_estimate() -> None:
     # Two crossed factors of 40,000 levels: the dense second block alone would need ~38 GB.
     n_levels = 40_000

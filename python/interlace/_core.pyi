@@ -131,3 +131,7 @@ def parametric_bootstrap(
     (nsim, p), ``sigma``, ``objective`` (nsim,), ``n_evals`` (int64), ``converged`` (bool),
     ``errors`` (list of str or None; NaN estimates where a refit failed). ``progress(done)``
     is called now and then from the calling thread; Ctrl-C raises KeyboardInterrupt."""
+
+def _panic_for_testing(in_workers: bool = False) -> None:
+    """Panics inside the core's guard (on this thread or in rayon workers); always raises
+    ``interlace.exceptions.NumericalError``. For the test suite."""

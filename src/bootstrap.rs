@@ -226,7 +226,10 @@ pub fn bootstrap(
         let mut stopped = || stop.load(Ordering::Relaxed);
         let refit = work
             .with_response(&y)
-            .and_then(|mut m| fit_interruptible(&mut m, Some(theta_hat), options, &mut stopped));
+            .and_then(|mut m| {
+                m.set_sequential();
+                fit_interruptible(&mut m, Some(theta_hat), options, &mut stopped)
+            });
         done.fetch_add(1, Ordering::Relaxed);
         match refit {
             Ok((e, record)) => BootstrapFit {

@@ -330,7 +330,10 @@ pub fn delete_and_refit(
         deletions
             .par_iter()
             .map(|set| {
-                let refit = reduced_model(model, set).and_then(|mut sub| fit(&mut sub, Some(theta_hat), options));
+                let refit = reduced_model(model, set).and_then(|mut sub| {
+                    sub.set_sequential();
+                    fit(&mut sub, Some(theta_hat), options)
+                });
                 match refit {
                     Ok((est, record)) => DeletionFit {
                         theta: est.theta,

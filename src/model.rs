@@ -137,6 +137,11 @@ pub(crate) struct SchurGroup {
     s: Mat<f64>,
 }
 
+/// From this size of the dense rest block on, its Cholesky factorisation and the solve with it
+/// use faer's rayon parallelism (measured on the 2-core development machine with
+/// `cargo run --release --example dense_cholesky`; see docs/performance.md).
+pub(crate) const PARALLEL_REST_MIN: usize = 1 << 40;
+
 /// At most this many Schur groups, and at most this many bytes for all of them.
 const MAX_SCHUR_GROUPS: usize = 4;
 const MAX_SCHUR_BYTES: u128 = 1 << 30;
@@ -321,8 +326,8 @@ impl Model {
             l32t: Mat::zeros(m, p + 1),
             l33: Mat::zeros(p + 1, p + 1),
         };
-        let par = Par::Seq;
-        let scratch = cholesky_in_place_scratch::<f64>(m.max(p + 1), par, Spec::<LltParams, f64>::default());
+        let par = if m >= PARALLEL_REST_MIN { Par::rayon(0) } else { Par::Seq };
+        let scratch = cholesky_in_place_scratch::<f64>(m.max(p + 1), Par::rayon(0), Spec::<LltParams, f64>::default());
         let lambdas = terms.iter().map(|t| vec![0.0; t.q * t.q]).collect();
         Ok(Model {
             n,
@@ -381,6 +386,12 @@ impl Model {
         let mut model = Model::new(&ys, xs.as_ref(), terms, reml)?;
         model.set_sqrt_weights(sqrt_w);
         Ok(model)
+    }
+
+    /// Sequential dense kernels, for models refitted inside parallel workers (case deletion,
+    /// bootstrap), which already use every core.
+    pub(crate) fn set_sequential(&mut self) {
+        self.par = Par::Seq;
     }
 
     /// Records √w for data already stored on the weighted scale.
@@ -979,6 +990,22 @@ impl Model {
         Ok((self.logdet_re() - self.log_det_w, 2.0 * ldx, r * r))
     }
 
+    /// σ̂(θ) and cov(β̂) = σ̂² (R_XᵀR_X)⁻¹ at θ (p × p, column-major), without the random
+    /// effects or their conditional variances that [`Model::estimates`] also forms.
+    pub fn beta_covariance(&mut self, theta: &[f64]) -> CoreResult<(f64, Vec<f64>)> {
+        self.update_l(theta)?;
+        let (n, p) = (self.n, self.p);
+        let r = self.l.l33[(p, p)];
+        let dof = if self.reml { (n - p) as f64 } else { n as f64 };
+        let sigma2 = r * r / dof;
+        let lxx = self.l.l33.as_ref().get(..p, ..p);
+        let mut lxx_inv = Mat::<f64>::identity(p, p);
+        solve_lower_triangular_in_place(lxx, lxx_inv.as_mut(), Par::Seq);
+        let mut cov = Mat::<f64>::zeros(p, p);
+        matmul(cov.as_mut(), Accum::Replace, lxx_inv.transpose(), lxx_inv.as_ref(), sigma2, Par::Seq);
+        Ok((sigma2.sqrt(), (0..p * p).map(|i| cov[(i % p, i / p)]).collect()))
+    }
+
     /// REML criterion or deviance (−2 log-likelihood) profiled over β and σ.
     pub fn objective(&mut self, theta: &[f64]) -> CoreResult<f64> {
         self.update_l(theta)?;
@@ -1110,7 +1137,7 @@ impl Model {
         let (q1, l1) = (t1.q, t1.n_levels);
         let mut l22_inv = Mat::<f64>::identity(m, m);
         if m > 0 {
-            solve_lower_triangular_in_place(self.l.l22.as_ref(), l22_inv.as_mut(), Par::Seq);
+            solve_lower_triangular_in_place(self.l.l22.as_ref(), l22_inv.as_mut(), self.par);
         }
         let mut out = Vec::with_capacity(self.terms.len());
 
@@ -1676,6 +1703,17 @@ mod tests {
         let d = random_design_with(6, 200, &[(1, 30), (2, 6), (1, 4)]);
         let model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
         assert!(model.a.schur_groups.is_empty());
+    }
+
+    #[test]
+    fn beta_covariance_equals_the_full_estimates() {
+        let d = random_design(9, 70);
+        let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+        let theta = vec![0.9, 0.2, 0.6, 1.1, 0.3, -0.1, 0.7];
+        let (sigma, cov) = model.beta_covariance(&theta).unwrap();
+        let est = model.estimates(&theta).unwrap();
+        assert_eq!(sigma, est.sigma);
+        assert_eq!(cov, est.beta_cov);
     }
 
     #[test]

@@ -159,6 +159,17 @@ impl PyModel {
         run_core(py, move || model.deviance_parts(&theta))
     }
 
+    /// (σ̂, cov(β̂)) at θ: see `Model::beta_covariance`.
+    fn beta_covariance<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<(f64, Bound<'py, PyAny>)> {
+        let theta: Vec<f64> = theta.as_array().iter().copied().collect();
+        let p = self.inner.n_fixed();
+        let model = &mut self.inner;
+        let (sigma, cov) = run_core(py, move || model.beta_covariance(&theta))?;
+        // Column-major p × p of a symmetric matrix: the row-major reading is the same matrix.
+        let cov = Array2::from_shape_vec((p, p), cov).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok((sigma, cov.into_pyarray(py).into_any()))
+    }
+
     fn estimates<'py>(&mut self, py: Python<'py>, theta: PyReadonlyArray1<'_, f64>) -> PyResult<Bound<'py, PyDict>> {
         let theta: Vec<f64> = theta.as_array().iter().copied().collect();
         let model = &mut self.inner;

@@ -43,6 +43,11 @@ class Model:
         squares, W the prior weights (log|W| = 0 without). The
         unprofiled -2 log-likelihood at σ is log|L_θ|² [+ log|R_X|² for REML] + dof·log(2πσ²)
         + r²/σ², dof = n - p (REML) or n (ML)."""
+    def beta_covariance(
+        self, theta: npt.NDArray[np.float64]
+    ) -> tuple[float, npt.NDArray[np.float64]]:
+        """(σ̂, cov(β̂)) at θ, p × p: what ``estimates`` gives for them, without the random
+        effects and their conditional variances."""
     def fit(
         self,
         theta0: npt.NDArray[np.float64] | None = None,

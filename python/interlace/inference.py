@@ -390,10 +390,10 @@ def _varpar_covariance(result: LmmResult) -> _VarparCovariance:
         return value
 
     def beta_covariance(varpar: np.ndarray) -> np.ndarray:
-        estimates = model.estimates(np.ascontiguousarray(varpar[:-1]))
+        sigma, cov = model.beta_covariance(np.ascontiguousarray(varpar[:-1]))
         # the core's cov(β̂) is σ̂²(θ) (R_XᵀR_X)⁻¹(θ); rescale to the σ asked for.
-        scale = (varpar[-1] / float(estimates["sigma"])) ** 2
-        return scale * np.asarray(estimates["beta_cov"], dtype=float).reshape(p, p)
+        scale = (varpar[-1] / float(sigma)) ** 2
+        return scale * np.asarray(cov, dtype=float).reshape(p, p)
 
     varpar = np.append(np.asarray(result.theta, dtype=float), float(result.sigma))
     hessian = _hessian(deviance, varpar)

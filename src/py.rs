@@ -250,6 +250,7 @@ fn record_into(py: Python<'_>, d: &Bound<'_, PyDict>, record: OptimizationRecord
     d.set_item("status", record.status)?;
     d.set_item("converged", record.converged)?;
     d.set_item("gradient", record.gradient.into_pyarray(py))?;
+    d.set_item("scaled_gradient", record.scaled_gradient.into_pyarray(py))?;
     Ok(())
 }
 

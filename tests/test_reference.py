@@ -215,3 +215,14 @@ def test_fittedvalues_resid(case: FittedCase) -> None:
         / sd_y
     )
     assert error <= TOLERANCE["fitted"], f"max error / sd(y) {error:.2e}"
+
+
+def test_convergence_warnings_as_lme4(case: FittedCase) -> None:
+    # None of the reference fits made lme4 warn about convergence (InstEval's plain gradient
+    # is 4e-3 at the optimum, its scaled gradient 2e-5: no warning, as lme4).
+    from interlace.results import fit_warnings
+
+    categories = [category for category, _ in fit_warnings(case.result)]
+    assert interlace.ConvergenceWarning not in categories
+    singular = interlace.SingularFitWarning in categories
+    assert singular is bool(case.reference["singular"])

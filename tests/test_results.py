@@ -288,6 +288,21 @@ def test_gradient_at_a_boundary_pointing_outward_is_fine() -> None:
     assert "0.01" in message and "Batch.Intercept" in message
 
 
+def test_a_steep_but_flat_in_newton_terms_optimum_is_converged() -> None:
+    # lme4's checkConv: a plain gradient of 0.01 is fine when the scaled gradient R⁻¹g (a Newton
+    # step) is below the tolerance; both large is a warning.
+    record = {"n_evals": 10, "status": "ok", "converged": True}
+    res = with_record(
+        "dyestuff_reml", [0.85], gradient=np.array([0.01]), scaled_gradient=[1e-5], **record
+    )
+    assert fit_warnings(res) == []
+    res = with_record(
+        "dyestuff_reml", [0.85], gradient=np.array([0.01]), scaled_gradient=[0.5], **record
+    )
+    ((category, message),) = fit_warnings(res)
+    assert category is ConvergenceWarning and "0.01" in message
+
+
 def test_optimiser_failure_warns() -> None:
     res = with_record(
         "dyestuff_reml",

@@ -107,6 +107,9 @@ class OptimizationRecord:
         Finite-difference gradient of the objective at θ̂ (NaN when θ was given, not fitted).
     theta : numpy.ndarray
         θ̂, the optimum.
+    scaled_gradient : numpy.ndarray
+        lme4's scaled gradient R⁻¹g (H = RᵀR the finite-difference Hessian) where the plain
+        gradient exceeded 2e-3, NaN for coordinates at a bound; empty when not computed.
     """
 
     n_evals: int
@@ -114,6 +117,7 @@ class OptimizationRecord:
     converged: bool
     gradient: np.ndarray
     theta: np.ndarray
+    scaled_gradient: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,6 +352,9 @@ class LmmResult:
                 np.full(n_theta, np.nan) if gradient is None else gradient
             ).ravel(),
             theta=theta,
+            scaled_gradient=_frozen_array(
+                np.asarray(core.get("scaled_gradient", np.empty(0)), dtype=float)
+            ).ravel(),
         )
         row_index = design.row_index
         fitted = np.asarray(core["fitted"], dtype=float).ravel()
@@ -521,7 +528,8 @@ def fit_warnings(result: LmmResult) -> list[tuple[type[Warning], str]]:
       1e-4 (``isSingular``), naming the variance estimated as zero or the correlation at ±1;
     * :class:`~interlace.ConvergenceWarning` when the optimiser reports failure, or when
       max |∂objective/∂θ| exceeds 2e-3 at a coordinate that is not on its bound (a coordinate
-      at 0 whose gradient points outward is a boundary optimum, not a failure).
+      at 0 whose gradient points outward is a boundary optimum, not a failure), the gradient
+      taken as lme4 does, min(|R⁻¹g|, |g|) per coordinate with H = RᵀR the Hessian.
 
     Parameters
     ----------
@@ -587,6 +595,10 @@ def fit_warnings(result: LmmResult) -> list[tuple[type[Warning], str]]:
     if gradient.size == theta.size and np.all(np.isfinite(gradient)) and gradient.size:
         on_boundary = (lower == 0.0) & (theta < SINGULAR_TOLERANCE) & (gradient >= 0.0)
         interior = np.where(on_boundary, 0.0, np.abs(gradient))
+        scaled = np.asarray(record.scaled_gradient, dtype=float)
+        if scaled.size == interior.size:
+            # lme4's checkConv: min(|scaled gradient|, |gradient|) per coordinate.
+            interior = np.where(np.isnan(scaled), interior, np.minimum(interior, np.abs(scaled)))
         worst = int(np.argmax(interior))
         if interior[worst] > GRADIENT_TOLERANCE:
             out.append(

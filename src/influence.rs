@@ -938,6 +938,14 @@ struct Marginal {
 impl Marginal {
     fn new(model: &Data<'_>, factor: &ReFactor<'_>) -> CoreResult<Self> {
         let (n, p) = (model.y.len(), model.x.ncols());
+        // The kept rows of a one-step deletion can be fewer than the fixed effects: β̂ is then
+        // not identified, whatever rounding lets the singular XᵀWX below factor into (and the
+        // REML degrees of freedom n − p would be negative).
+        if n < p {
+            return Err(CoreError::Unsupported {
+                reason: format!("{n} rows cannot identify {p} fixed effects"),
+            });
+        }
         let mut wx = Mat::<f64>::zeros(n, p);
         let mut col_in = vec![0.0; n];
         let mut col_out = vec![0.0; n];
@@ -1063,6 +1071,11 @@ fn one_step_set(model: &Model, factor: &ReFactor<'_>, marginal: &Marginal, set: 
     if k == 0 {
         return [0.0, 0.0, 0.0, 1.0];
     }
+    // Fewer rows left than fixed effects: β̂₍I₎ is not identified, and either path would turn
+    // the singular system into rounding noise rather than fail.
+    if k + model.p > model.n && rows_left(set, model.n) < model.p {
+        return [f64::NAN; 4];
+    }
     let path = match path {
         OneStepPath::Auto => {
             // P_II: k² inner products of compressed rows (or of length-m solves) and a k³/3
@@ -1101,6 +1114,14 @@ fn one_step_set(model: &Model, factor: &ReFactor<'_>, marginal: &Marginal, set: 
         Some((beta, cov)) => deletion_diagnostics(marginal, &beta, &cov),
         None => [f64::NAN; 4],
     }
+}
+
+/// How many of the `n` rows are not in `set` (valid rows, possibly repeated).
+fn rows_left(set: &[usize], n: usize) -> usize {
+    let mut distinct = set.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    n - distinct.len()
 }
 
 /// β̂₍I₎ and C₍I₎ from the k × k system: β̂ − β̂₍I₎ = C g, C₍I₎ = C + C F C.
@@ -1698,6 +1719,28 @@ mod tests {
         let a = reduced.objective(&theta).unwrap();
         let b = without.objective(&theta).unwrap();
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+
+    #[test]
+    fn a_one_step_deletion_leaving_fewer_rows_than_fixed_effects_is_nan_not_an_overflow() {
+        // Keeping one row of a p = 2 model: β̂₍I₎ is not identified. The reduced path computed
+        // the REML degrees of freedom n − p on the kept rows, which underflowed (a panic under
+        // overflow checks) whenever rounding let the singular XᵀWX factor; both paths returned
+        // rounding noise as diagnostics for some of these sets.
+        let model = crossed_model(5, 50, true);
+        let theta = fitted_theta(&model);
+        let sets: Vec<Vec<usize>> = (0..model.n).map(|kept| (0..model.n).filter(|&i| i != kept).collect()).collect();
+        for path in [OneStepPath::Auto, OneStepPath::Partitioned, OneStepPath::Reduced] {
+            let ours = one_step_with(&model, &theta, &sets, 1, RestInverse::Auto, path).unwrap();
+            for values in [&ours.cooksd, &ours.mdffits, &ours.covtrace, &ours.covratio] {
+                assert!(values.iter().all(|v| v.is_nan()), "{path:?}: {values:?}");
+            }
+        }
+        // Three rows left, the set naming n − 1 rows with repeats: identified, so numbers again.
+        let mut set: Vec<usize> = (3..model.n).collect();
+        set.extend([3, 4]);
+        let ours = one_step_with(&model, &theta, &[set], 1, RestInverse::Auto, OneStepPath::Reduced).unwrap();
+        assert!(ours.cooksd[0].is_finite());
     }
 
     #[test]

@@ -289,6 +289,17 @@ impl Model {
             });
         }
 
+        // Before anything is sized by the level counts: from the raw boundary they can be absurd.
+        let needed = Self::estimated_bytes(n, p, &terms);
+        if let Some(limit) = available_memory_bytes() {
+            if needed > limit {
+                return Err(CoreError::TooLarge {
+                    bytes: needed,
+                    limit,
+                });
+            }
+        }
+
         let mut theta_offsets = Vec::with_capacity(terms.len());
         let mut n_theta = 0;
         for t in &terms {
@@ -306,15 +317,6 @@ impl Model {
             }
         }
         let m = rest_rows.len();
-        let needed = Self::estimated_bytes(n, p, &terms, m);
-        if let Some(limit) = available_memory_bytes() {
-            if needed > limit {
-                return Err(CoreError::TooLarge {
-                    bytes: needed,
-                    limit,
-                });
-            }
-        }
 
         let a = Self::crossprod(y, x, &terms, &rest_offsets, m);
         let q1 = terms[0].q;
@@ -409,19 +411,24 @@ impl Model {
 
     /// Bytes the model will hold: the data copy, the crossproduct and the factor. The dense rest
     /// block (two m × m matrices, A₂₂ and L₂₂, plus L₂₂⁻¹ when estimates are formed) dominates
-    /// for large crossed designs.
-    pub fn estimated_bytes(n: usize, p: usize, terms: &[Term], m: usize) -> u128 {
-        let (n, p, m) = (n as u128, p as u128, m as u128);
-        let q_sum: u128 = terms.iter().map(|t| t.q as u128).sum();
-        let first: u128 = terms.first().map_or(0, |t| (t.q * t.q * t.n_levels) as u128);
+    /// for large crossed designs. Counted in floating point so that absurd level counts give a
+    /// huge estimate (saturating in the conversion), not an integer overflow.
+    pub fn estimated_bytes(n: usize, p: usize, terms: &[Term]) -> u128 {
+        let (n, p) = (n as f64, p as f64);
+        let q_sum: f64 = terms.iter().map(|t| t.q as f64).sum();
+        let lambdas: f64 = terms.iter().map(|t| t.q as f64 * t.q as f64).sum();
+        let first = terms.first().map_or(0.0, |t| t.q as f64 * t.q as f64 * t.n_levels as f64);
+        let m: f64 = terms.iter().skip(1).map(|t| t.n_levels as f64 * t.q as f64).sum();
         let a21_upper_bound = n * q_sum * q_sum; // at most one entry per observation and pair
-        let doubles = n * (p + 1) // y and X
+        let doubles = n * (p + 1.0) // y and X
             + n * q_sum // term model matrices
-            + 2 * first // A₁₁ and L₁₁
-            + 2 * a21_upper_bound // A₂₁ and L₂₁ (values)
-            + 3 * m * m // A₂₂, L₂₂, and L₂₂⁻¹ for the conditional variances
-            + 2 * (m + first) * (p + 1); // A₃₁, A₃₂ and their factors
-        doubles * 8 + n * 4 * terms.len() as u128
+            + lambdas // the λ templates
+            + 2.0 * first // A₁₁ and L₁₁
+            + 2.0 * a21_upper_bound // A₂₁ and L₂₁ (values)
+            + 2.0 * m // the (term, column) label of each rest row
+            + 3.0 * m * m // A₂₂, L₂₂, and L₂₂⁻¹ for the conditional variances
+            + 2.0 * (m + first) * (p + 1.0); // A₃₁, A₃₂ and their factors
+        (doubles * 8.0 + n * 4.0 * terms.len() as f64) as u128
     }
 
     /// The Schur groups worth forming (see [`SchurGroup`]): only for a scalar first term and
@@ -1769,5 +1776,21 @@ mod tests {
                 n_levels: 2
             }
         );
+    }
+
+    #[test]
+    fn absurd_level_counts_are_too_large_not_an_overflow() {
+        // q² · levels of the first term was multiplied in usize: 2² · 2⁶² overflowed (a panic
+        // under overflow checks, a wrapped small estimate without them).
+        let terms = vec![
+            Term::new(&[0, 1, 2], vec![1.0; 6], 2, 1 << 62, 0).unwrap(),
+            Term::new(&[0, 1, 0], vec![1.0; 3], 1, usize::MAX, 1).unwrap(),
+        ];
+        assert_eq!(Model::estimated_bytes(3, 1, &terms), u128::MAX);
+        if available_memory_bytes().is_some() {
+            let x = Mat::<f64>::from_fn(3, 1, |_, _| 1.0);
+            let err = Model::new(&[1.0, 2.0, 4.0], x.as_ref(), terms[..1].to_vec(), false).unwrap_err();
+            assert!(matches!(err, CoreError::TooLarge { .. }), "{err:?}");
+        }
     }
 }

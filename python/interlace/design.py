@@ -292,7 +292,9 @@ def as_pandas(data: object, argument: str = "data") -> pd.DataFrame:
         if isinstance(converted, pd.DataFrame):
             return converted
     kind = f"{type(data).__module__}.{type(data).__qualname__}"
-    raise InputTypeError(f"{argument} must be a pandas or polars DataFrame or a pyarrow Table, got {kind}")
+    raise InputTypeError(
+        f"{argument} must be a pandas or polars DataFrame or a pyarrow Table, got {kind}"
+    )
 
 
 def _attach_weights(data: pd.DataFrame, weights: object) -> tuple[pd.DataFrame, str | None]:

@@ -547,6 +547,8 @@ fn register_bootstrap(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// Panics inside the core's guard, on the calling thread or (`in_workers`) in rayon worker
 /// threads: the test suite checks that either becomes `interlace.exceptions.NumericalError`.
+/// `resume_unwind` unwinds exactly as a panic does but skips the panic hook, so the deliberate
+/// panic prints nothing that `.ci/debug-checks` would take for a real one.
 #[pyfunction]
 #[pyo3(signature = (in_workers=false))]
 fn _panic_for_testing(py: Python<'_>, in_workers: bool) -> PyResult<()> {
@@ -556,10 +558,16 @@ fn _panic_for_testing(py: Python<'_>, in_workers: bool) -> PyResult<()> {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| CoreError::Internal {
                 reason: e.to_string(),
             })?;
-            pool.install(|| (0..4).into_par_iter().for_each(|i| assert!(i < 2, "deliberate panic in worker {i}")));
+            pool.install(|| {
+                (0..4).into_par_iter().for_each(|i| {
+                    if i >= 2 {
+                        std::panic::resume_unwind(Box::new(format!("deliberate panic in worker {i}")));
+                    }
+                })
+            });
             Ok(())
         } else {
-            panic!("deliberate panic for the test suite")
+            std::panic::resume_unwind(Box::new("deliberate panic for the test suite"))
         }
     })
 }

@@ -151,11 +151,29 @@ fn estimates_at(model: &Model, theta_hat: &[f64]) -> CoreResult<(Model, Estimate
     Ok((work, est))
 }
 
+/// `nsim` outputs of `bytes_each` bytes must fit in memory (and in `usize`): an
+/// `Unsupported` error naming the request otherwise, before anything is allocated.
+fn check_output_size(nsim: usize, bytes_each: u128, what: &str) -> CoreResult<()> {
+    let bytes = nsim as u128 * bytes_each;
+    let limit = crate::model::available_memory_bytes().unwrap_or(u128::MAX).min(isize::MAX as u128);
+    if bytes > limit {
+        return Err(CoreError::Unsupported {
+            reason: format!(
+                "{nsim} {what} need about {:.1} GB of memory, more than the {:.1} GB available; ask for fewer, in batches",
+                bytes as f64 / 1e9,
+                limit as f64 / 1e9
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// `nsim` simulated responses at θ̂ (β̂ and σ̂ are the estimates there), n × nsim column-major.
 /// Replicate r uses `Stream::new(seed, r)`.
 pub fn simulate(model: &Model, theta_hat: &[f64], nsim: usize, seed: u64, conditional: bool) -> CoreResult<Vec<f64>> {
-    let (work, est) = estimates_at(model, theta_hat)?;
     let n = model.n;
+    check_output_size(nsim, n as u128 * 8, "simulated responses")?;
+    let (work, est) = estimates_at(model, theta_hat)?;
     let mut out = vec![0.0; n * nsim];
     for (r, column) in out.chunks_exact_mut(n.max(1)).enumerate().take(nsim) {
         simulate_one(&work, &est, conditional, &mut Stream::new(seed, r as u64), column);
@@ -205,8 +223,9 @@ pub fn bootstrap(
     options: FitOptions,
     poll: &mut dyn FnMut(usize) -> bool,
 ) -> CoreResult<Vec<BootstrapFit>> {
-    let (work, est) = estimates_at(model, theta_hat)?;
     let (n_theta, p) = (model.n_theta, model.p);
+    check_output_size(nsim, ((n_theta + p + 4) * 8 + std::mem::size_of::<BootstrapFit>()) as u128, "bootstrap replicates")?;
+    let (work, est) = estimates_at(model, theta_hat)?;
     let stop = AtomicBool::new(false);
     let done = AtomicUsize::new(0);
     let results: Mutex<Option<Vec<BootstrapFit>>> = Mutex::new(None);

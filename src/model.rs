@@ -1240,7 +1240,7 @@ impl Model {
 }
 
 /// The memory the operating system reports as available (Linux `MemAvailable`), if known.
-fn available_memory_bytes() -> Option<u128> {
+pub(crate) fn available_memory_bytes() -> Option<u128> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u128 = line.split_whitespace().nth(1)?.parse().ok()?;

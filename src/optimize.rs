@@ -22,6 +22,10 @@ pub struct FitOptions {
     pub rho_end: f64,
     /// 0 means the default budget (1000 · n_θ², at least 10 000).
     pub max_evals: usize,
+    /// Form the finite-difference gradient (and, where it is large, the scaled gradient) at
+    /// θ̂ for the convergence check. Off for the refits of case deletion and the bootstrap,
+    /// which report only the optimiser's status.
+    pub convergence_check: bool,
 }
 
 impl Default for FitOptions {
@@ -30,6 +34,7 @@ impl Default for FitOptions {
             rho_begin: 0.2,
             rho_end: 1e-7,
             max_evals: 0,
+            convergence_check: true,
         }
     }
 }
@@ -137,8 +142,12 @@ pub fn fit_interruptible(
         Status::InvalidArgs => ("invalid arguments", false),
         Status::AllocationFailed => ("allocation failed", false),
     };
-    let gradient = gradient(model, &theta, &lower)?;
-    let scaled_gradient = if gradient.iter().any(|g| g.abs() > GRADIENT_TOLERANCE) {
+    let gradient = if options.convergence_check {
+        gradient(model, &theta, &lower)?
+    } else {
+        vec![f64::NAN; theta.len()]
+    };
+    let scaled_gradient = if options.convergence_check && gradient.iter().any(|g| g.abs() > GRADIENT_TOLERANCE) {
         scaled_gradient(model, &theta, &lower, &gradient)?
     } else {
         Vec::new()

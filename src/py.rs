@@ -199,6 +199,7 @@ impl PyModel {
             rho_begin,
             rho_end,
             max_evals,
+            convergence_check: true,
         };
         let model = &mut self.inner;
         // Ctrl-C: between evaluations, at most every 50 ms, briefly take the GIL and let Python
@@ -386,6 +387,7 @@ fn delete_and_refit<'py>(
         rho_begin,
         rho_end,
         max_evals,
+        convergence_check: false,
     };
     let inner = &model.inner;
     let (n_theta, p) = (inner.n_theta(), inner.n_fixed());
@@ -484,6 +486,7 @@ fn parametric_bootstrap<'py>(
         rho_begin,
         rho_end,
         max_evals,
+        convergence_check: false,
     };
     let inner = &model.inner;
     let (n_theta, p) = (inner.n_theta(), inner.n_fixed());

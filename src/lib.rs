@@ -11,6 +11,7 @@ pub mod error;
 pub mod influence;
 pub mod model;
 pub mod optimize;
+mod sparse_rest;
 
 #[cfg(feature = "python")]
 mod py;

@@ -34,6 +34,7 @@ use crate::dense::{
     theta_to_lambda,
 };
 use crate::error::{CoreError, CoreResult};
+use crate::sparse_rest::{Pattern, SparseRest, SPARSE_REST_MIN};
 
 /// One random-effects term as the core sees it: a level code per observation and the term's
 /// model-matrix row per observation (row-major, n × q).
@@ -214,6 +215,8 @@ pub struct Model {
     pub(crate) sqrt_w: Option<Vec<f64>>,
     /// log|W| = Σ log wᵢ, subtracted from the objective as lme4 does (0 without weights).
     pub(crate) log_det_w: f64,
+    /// The rest block factored sparse for the objective, where that pays (see `sparse_rest`).
+    pub(crate) sparse: Option<SparseRest>,
 }
 
 /// Scratch memory for the dense Cholesky, sized once per model (cloning a model gives the
@@ -332,6 +335,11 @@ impl Model {
             l33: Mat::zeros(p + 1, p + 1),
         };
         let par = if m >= PARALLEL_REST_MIN { Par::rayon(0) } else { Par::Seq };
+        let sparse = if m >= SPARSE_REST_MIN && terms.iter().skip(1).all(|t| t.q == 1) {
+            Self::rest_pattern(&terms, &a, &rest_offsets, m).and_then(|pattern| SparseRest::plan(m, p + 1, pattern))
+        } else {
+            None
+        };
         let scratch = cholesky_in_place_scratch::<f64>(m.max(p + 1), Par::rayon(0), Spec::<LltParams, f64>::default());
         let lambdas = terms.iter().map(|t| vec![0.0; t.q * t.q]).collect();
         Ok(Model {
@@ -354,6 +362,7 @@ impl Model {
             par,
             sqrt_w: None,
             log_det_w: 0.0,
+            sparse,
         })
     }
 
@@ -437,6 +446,57 @@ impl Model {
     /// The Schur groups worth forming (see [`SchurGroup`]): only for a scalar first term and
     /// scalar rest terms, only groups whose direct updates cost at least twice the dense
     /// one, the most profitable first, within [`MAX_SCHUR_GROUPS`] and [`MAX_SCHUR_BYTES`].
+    /// The structural pattern of the Schur complement S of the rest block (scalar rest terms):
+    /// rest rows b ≤ r are linked where they share an observation (A₂₂) or a level of term 1
+    /// (Σⱼ a₂₁ⱼa₂₁ⱼᵀ, Schur-grouped levels included). Built from the level codes, never from
+    /// values, so a sum that cancels to zero cannot drop an entry.
+    fn rest_pattern(terms: &[Term], a: &Crossprod, rest_offsets: &[usize], m: usize) -> Option<Pattern> {
+        let l1 = terms[0].n_levels;
+        // Every entry of A₂₁ by rest row.
+        let mut row_ptr = vec![0usize; m + 1];
+        for &r in &a.a21_rows {
+            row_ptr[r + 1] += 1;
+        }
+        for r in 0..m {
+            row_ptr[r + 1] += row_ptr[r];
+        }
+        let mut fill = row_ptr.clone();
+        let mut by_row = vec![0usize; a.a21_rows.len()];
+        for j in 0..l1 {
+            for e in a.a21_ptr[j]..a.a21_ptr[j + 1] {
+                let r = a.a21_rows[e];
+                by_row[fill[r]] = e;
+                fill[r] += 1;
+            }
+        }
+        // Off-diagonal links of A₂₂: pairs of rest terms in one observation.
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        if terms.len() > 2 {
+            let n = terms[0].codes.len();
+            for i in 0..n {
+                for k in 1..terms.len() {
+                    let rk = rest_offsets[k] + terms[k].codes[i] as usize;
+                    for h in k + 1..terms.len() {
+                        let rh = rest_offsets[h] + terms[h].codes[i] as usize;
+                        pairs.push((rk.min(rh), rk.max(rh)));
+                    }
+                }
+            }
+            pairs.sort_unstable();
+            pairs.dedup();
+        }
+        let mut cursor = 0;
+        Pattern::build(m, |b, rows| {
+            while cursor < pairs.len() && pairs[cursor].0 == b {
+                rows.push(pairs[cursor].1);
+                cursor += 1;
+            }
+            for &e in &by_row[row_ptr[b]..row_ptr[b + 1]] {
+                rows.extend_from_slice(&a.a21_rows[e..a.a21_block_end[e]]);
+            }
+        })
+    }
+
     fn schur_groups(terms: &[Term], a11: &[f64], ptr: &[usize], rows: &[usize], vals: &[f64], m: usize) -> Vec<SchurGroup> {
         if terms[0].q != 1 || terms.iter().skip(1).any(|t| t.q != 1) || m == 0 {
             return Vec::new();
@@ -776,7 +836,15 @@ impl Model {
 
     /// Updates L(θ) in place (no allocation).
     pub fn update_l(&mut self, theta: &[f64]) -> CoreResult<()> {
+        self.update_l_with(theta, false).map(|_| ())
+    }
+
+    /// Updates L(θ) in place; with `use_sparse` and a sparse plan (see [`SparseRest`]) the rest
+    /// block is factored sparse instead, leaving L₂₂ and L₃₂ stale and returning log|L₂₂|²
+    /// (only the objective may use this).
+    fn update_l_with(&mut self, theta: &[f64], use_sparse: bool) -> CoreResult<Option<f64>> {
         self.set_theta(theta)?;
+        let mut rest_logdet = None;
         let p1 = self.p + 1;
         let t1 = &self.terms[0];
         let (q1, l1) = (t1.q, t1.n_levels);
@@ -841,61 +909,33 @@ impl Model {
                     *sc = self.lambdas[r.term][0];
                 }
             }
-            for b in 0..m {
-                let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
-                if all_scalar {
-                    let src = a.a22.col(b).try_as_col_major().unwrap().as_slice();
-                    let sb = scale[b];
-                    for r in b..m {
-                        col[r] = src[r] * scale[r] * sb;
-                    }
+            let sparse_rest = if use_sparse && all_scalar { self.sparse.as_mut() } else { None };
+            if let Some(sp) = sparse_rest {
+                for b in 0..m {
+                    schur_column(a, &l.l21_vals, scale, lam1, q1, true, b, &mut sp.work);
+                    sp.gather_column(b);
                 }
-                col[b] += 1.0;
-                if !a.schur_groups.is_empty() {
-                    // Only with a scalar first term and scalar rest terms (see schur_groups).
-                    let lam = lam1[0];
-                    for group in &a.schur_groups {
-                        let w = lam * lam / (lam * lam * group.a11 + 1.0) * scale[b];
-                        let src = group.s.col(b).try_as_col_major().unwrap().as_slice();
-                        for r in b..m {
-                            col[r] -= w * scale[r] * src[r];
-                        }
-                    }
-                }
-                let entries = &a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]];
-                if q1 == 1 {
-                    // The common case (a scalar first term): a plain axpy over the block's rows.
-                    for &e in entries {
-                        let end = a.a21_block_end[e];
-                        let vb = l.l21_vals[e];
-                        for (&row, &va) in a.a21_rows[e..end].iter().zip(&l.l21_vals[e..end]) {
-                            col[row] -= va * vb;
-                        }
-                    }
-                    continue;
-                }
-                for &e in entries {
-                    let vb = &l.l21_vals[e * q1..(e + 1) * q1];
-                    for ia in e..a.a21_block_end[e] {
-                        let va = &l.l21_vals[ia * q1..(ia + 1) * q1];
-                        let mut dot = 0.0;
-                        for c in 0..q1 {
-                            dot += va[c] * vb[c];
-                        }
-                        col[a.a21_rows[ia]] -= dot;
-                    }
-                }
-            }
-            let stack = MemStack::new(&mut self.chol_buffer.buffer);
-            cholesky_in_place(l.l22.as_mut(), Default::default(), self.par, stack, Default::default())
-                .map_err(|e| match e {
-                    faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
-                        CoreError::NotPositiveDefinite {
-                            block: "random-effects".into(),
-                            pivot: index,
-                        }
-                    }
+                sp.factor().map_err(|pivot| CoreError::NotPositiveDefinite {
+                    block: "random-effects".into(),
+                    pivot,
                 })?;
+                rest_logdet = Some(sp.logdet);
+            } else {
+                for b in 0..m {
+                    let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
+                    schur_column(a, &l.l21_vals, scale, lam1, q1, all_scalar, b, col);
+                }
+                let stack = MemStack::new(&mut self.chol_buffer.buffer);
+                cholesky_in_place(l.l22.as_mut(), Default::default(), self.par, stack, Default::default())
+                    .map_err(|e| match e {
+                        faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
+                            CoreError::NotPositiveDefinite {
+                                block: "random-effects".into(),
+                                pivot: index,
+                            }
+                        }
+                    })?;
+            }
 
             // L₃₂ᵀ = L₂₂⁻¹ (Λ_restᵀ A₃₂ᵀ − Σⱼ L₂₁ⱼ L₃₁ⱼᵀ).
             l.l32t.as_mut().copy_from(a.a32t.as_ref());
@@ -923,24 +963,30 @@ impl Model {
                     }
                 }
             }
-            solve_lower_triangular_in_place(l.l22.as_ref(), l.l32t.as_mut(), self.par);
+            if rest_logdet.is_none() {
+                solve_lower_triangular_in_place(l.l22.as_ref(), l.l32t.as_mut(), self.par);
+            }
         }
 
-        // L₃₃ = chol(A₃₃ − L₃₁L₃₁ᵀ − L₃₂L₃₂ᵀ).
+        // L₃₃ = chol(A₃₃ − L₃₁L₃₁ᵀ − L₃₂L₃₂ᵀ); with the sparse rest block L₃₂L₃₂ᵀ = CᵀS⁻¹C, C
+        // still in l32t.
         l.l33.as_mut().copy_from(a.a33.as_ref());
         matmul(l.l33.as_mut(), Accum::Add, l.l31t.transpose(), l.l31t.as_ref(), -1.0, Par::Seq);
         if m > 0 {
-            matmul(l.l33.as_mut(), Accum::Add, l.l32t.transpose(), l.l32t.as_ref(), -1.0, Par::Seq);
+            match (rest_logdet, self.sparse.as_mut()) {
+                (Some(_), Some(sp)) => sp.subtract_quadratic_form(l.l32t.as_ref(), l.l33.as_mut()),
+                _ => matmul(l.l33.as_mut(), Accum::Add, l.l32t.transpose(), l.l32t.as_ref(), -1.0, Par::Seq),
+            }
         }
         let stack = MemStack::new(&mut self.chol_buffer.buffer);
         match cholesky_in_place(l.l33.as_mut(), Default::default(), Par::Seq, stack, Default::default()) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(rest_logdet),
             Err(faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index }) => {
                 if index == self.p {
                     // r² = 0: the response is reproduced exactly. Keep going with r = 0 so the
                     // objective reports −∞ deviance instead of failing.
                     l.l33[(self.p, self.p)] = 0.0;
-                    Ok(())
+                    Ok(rest_logdet)
                 } else {
                     Err(CoreError::NotPositiveDefinite {
                         block: "fixed-effects".into(),
@@ -951,8 +997,13 @@ impl Model {
         }
     }
 
-    /// log|L_θ|² (random-effects part only).
+    /// log|L_θ|² (random-effects part only), from the dense L₂₂.
     fn logdet_re(&self) -> f64 {
+        self.logdet_re_with(None)
+    }
+
+    /// log|L_θ|², with log|L₂₂|² given when the sparse rest block was factored.
+    fn logdet_re_with(&self, rest_logdet: Option<f64>) -> f64 {
         let q1 = self.terms[0].q;
         let mut s = 0.0;
         for j in 0..self.terms[0].n_levels {
@@ -961,6 +1012,9 @@ impl Model {
                 s += blk[c * q1 + c].ln();
             }
         }
+        if let Some(rest) = rest_logdet {
+            return 2.0 * s + rest;
+        }
         for d in 0..self.m {
             s += self.l.l22[(d, d)].ln();
         }
@@ -968,12 +1022,12 @@ impl Model {
     }
 
     /// The objective from the current factor.
-    fn objective_from_l(&self) -> f64 {
+    fn objective_from_l(&self, rest_logdet: Option<f64>) -> f64 {
         let n = self.n as f64;
         let p = self.p;
         let r = self.l.l33[(p, p)];
         let r2 = r * r;
-        let ld = self.logdet_re();
+        let ld = self.logdet_re_with(rest_logdet);
         if self.reml {
             let mut ldx = 0.0;
             for c in 0..p {
@@ -1018,14 +1072,14 @@ impl Model {
 
     /// REML criterion or deviance (−2 log-likelihood) profiled over β and σ.
     pub fn objective(&mut self, theta: &[f64]) -> CoreResult<f64> {
-        self.update_l(theta)?;
-        Ok(self.objective_from_l())
+        let rest_logdet = self.update_l_with(theta, true)?;
+        Ok(self.objective_from_l(rest_logdet))
     }
 
     /// Everything at θ: β, σ, cov(β), conditional modes and variances, fitted values.
     pub fn estimates(&mut self, theta: &[f64]) -> CoreResult<Estimates> {
         self.update_l(theta)?;
-        let objective = self.objective_from_l();
+        let objective = self.objective_from_l(None);
         let (n, p, m) = (self.n, self.p, self.m);
         let l = &self.l;
         let t1 = &self.terms[0];
@@ -1239,6 +1293,56 @@ impl Model {
             out.push(covk);
         }
         out
+    }
+}
+
+/// Column b of the Schur complement S = Λ_restᵀA₂₂Λ_rest + I − Σⱼ L₂₁ⱼL₂₁ⱼᵀ, rows b..m of
+/// `col`. With scalar rest terms (`all_scalar`) rows b..m are overwritten from A₂₂ and `scale`
+/// (the rest λ's); otherwise `col` must hold column b of Λ_restᵀA₂₂Λ_rest already.
+#[allow(clippy::too_many_arguments)]
+fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1: usize, all_scalar: bool, b: usize, col: &mut [f64]) {
+    let m = col.len();
+    if all_scalar {
+        let src = a.a22.col(b).try_as_col_major().unwrap().as_slice();
+        let sb = scale[b];
+        for r in b..m {
+            col[r] = src[r] * scale[r] * sb;
+        }
+    }
+    col[b] += 1.0;
+    if !a.schur_groups.is_empty() {
+        // Only with a scalar first term and scalar rest terms (see schur_groups).
+        let lam = lam1[0];
+        for group in &a.schur_groups {
+            let w = lam * lam / (lam * lam * group.a11 + 1.0) * scale[b];
+            let src = group.s.col(b).try_as_col_major().unwrap().as_slice();
+            for r in b..m {
+                col[r] -= w * scale[r] * src[r];
+            }
+        }
+    }
+    let entries = &a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]];
+    if q1 == 1 {
+        // The common case (a scalar first term): a plain axpy over the block's rows.
+        for &e in entries {
+            let end = a.a21_block_end[e];
+            let vb = l21_vals[e];
+            for (&row, &va) in a.a21_rows[e..end].iter().zip(&l21_vals[e..end]) {
+                col[row] -= va * vb;
+            }
+        }
+        return;
+    }
+    for &e in entries {
+        let vb = &l21_vals[e * q1..(e + 1) * q1];
+        for ia in e..a.a21_block_end[e] {
+            let va = &l21_vals[ia * q1..(ia + 1) * q1];
+            let mut dot = 0.0;
+            for c in 0..q1 {
+                dot += va[c] * vb[c];
+            }
+            col[a.a21_rows[ia]] -= dot;
+        }
     }
 }
 
@@ -1496,6 +1600,80 @@ mod tests {
             .iter()
             .map(|&lb| if lb == 0.0 { 0.2 + 1.5 * g.next() } else { g.normal() * 0.5 })
             .collect()
+    }
+
+    /// A design whose rest block is clustered as InstEval's is: 600 "students" (term 0), each in
+    /// one of 10 departments, rating 6–25 of the department's 32 "lecturers" (term 1, 320
+    /// levels, a non-constant z) and one of its 2 "services" (term 2, 20 levels).
+    fn clustered_design(seed: u64) -> Design {
+        let mut g = Lcg(seed);
+        let (students, depts, per_dept) = (600usize, 10usize, 32usize);
+        let (mut c0, mut c1, mut c2) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut z1, mut y, mut x1) = (Vec::new(), Vec::new(), Vec::new());
+        for s in 0..students {
+            let dept = s % depts;
+            let k = 6 + g.below(20);
+            for _ in 0..k {
+                c0.push(s as i32);
+                c1.push((dept * per_dept + g.below(per_dept)) as i32);
+                c2.push((2 * dept + g.below(2)) as i32);
+                z1.push(1.0 + 0.3 * g.normal());
+                x1.push(g.normal());
+                y.push(g.normal() + 0.2 * (s % 7) as f64);
+            }
+        }
+        let n = y.len();
+        let mut x = Mat::<f64>::zeros(n, 2);
+        for i in 0..n {
+            x[(i, 0)] = 1.0;
+            x[(i, 1)] = x1[i];
+        }
+        let terms = vec![
+            Term::new(&c0, vec![1.0; n], 1, students, 0).unwrap(),
+            Term::new(&c1, z1, 1, depts * per_dept, 1).unwrap(),
+            Term::new(&c2, vec![1.0; n], 1, 2 * depts, 2).unwrap(),
+        ];
+        Design { y, x, terms }
+    }
+
+    #[test]
+    fn sparse_rest_block_gives_the_dense_objective() {
+        for seed in 1..4u64 {
+            let d = clustered_design(seed);
+            for reml in [false, true] {
+                let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), reml).unwrap();
+                assert!(model.sparse.is_some(), "seed {seed}: the clustered rest block should be factored sparse");
+                let mut g = Lcg(seed * 31);
+                for _ in 0..4 {
+                    let mut theta = random_theta(&mut g, &model);
+                    if g.next() < 0.3 {
+                        theta[1] = 0.0; // a boundary θ: the rest λ's may be zero
+                    }
+                    let sparse = model.objective(&theta).unwrap();
+                    model.update_l(&theta).unwrap();
+                    let dense = model.objective_from_l(None);
+                    assert!((sparse - dense).abs() < 1e-10 * dense.abs(), "seed {seed} reml {reml}: {sparse} vs {dense}");
+                    // A clone factors on its own workspace and agrees.
+                    let mut clone = model.clone();
+                    assert_eq!(clone.objective(&theta).unwrap(), sparse);
+                }
+            }
+        }
+        // And the dense path itself against brute force, once.
+        let d = clustered_design(9);
+        let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+        let theta = [0.7, 0.4, 0.9];
+        let (brute, _, _) = dense_objective(&d, &theta, true);
+        let ours = model.objective(&theta).unwrap();
+        assert!((ours - brute).abs() < 1e-8 * brute.abs(), "{ours} vs {brute}");
+    }
+
+    #[test]
+    fn a_dense_schur_complement_stays_dense() {
+        // 300 × 300 fully crossed at random: S fills in, the sparse factor would not pay.
+        let d = random_design_with(5, 6000, &[(1, 400), (1, 300)]);
+        let model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), false).unwrap();
+        assert!(model.sparse.is_none());
     }
 
     #[test]

@@ -336,7 +336,8 @@ impl Model {
         };
         let par = if m >= PARALLEL_REST_MIN { Par::rayon(0) } else { Par::Seq };
         let sparse = if m >= SPARSE_REST_MIN && terms.iter().skip(1).all(|t| t.q == 1) {
-            Self::rest_pattern(&terms, &a, &rest_offsets, m).and_then(|pattern| SparseRest::plan(m, p + 1, pattern))
+            Self::rest_pattern(&terms, &a, &rest_offsets, m)
+                .and_then(|pattern| SparseRest::plan(m, p + 1, pattern, a.a22.as_ref()))
         } else {
             None
         };
@@ -912,7 +913,8 @@ impl Model {
             let sparse_rest = if use_sparse && all_scalar { self.sparse.as_mut() } else { None };
             if let Some(sp) = sparse_rest {
                 for b in 0..m {
-                    schur_column(a, &l.l21_vals, scale, lam1, q1, true, b, &mut sp.work);
+                    sp.start_column(b, scale);
+                    schur_column(a, &l.l21_vals, scale, lam1, q1, false, b, &mut sp.work);
                     sp.gather_column(b);
                 }
                 sp.factor().map_err(|pivot| CoreError::NotPositiveDefinite {
@@ -1297,12 +1299,12 @@ impl Model {
 }
 
 /// Column b of the Schur complement S = Λ_restᵀA₂₂Λ_rest + I − Σⱼ L₂₁ⱼL₂₁ⱼᵀ, rows b..m of
-/// `col`. With scalar rest terms (`all_scalar`) rows b..m are overwritten from A₂₂ and `scale`
-/// (the rest λ's); otherwise `col` must hold column b of Λ_restᵀA₂₂Λ_rest already.
+/// `col`. With `from_a22` (scalar rest terms) rows b..m are overwritten from the dense A₂₂ and
+/// `scale` (the rest λ's); otherwise `col` must hold column b of Λ_restᵀA₂₂Λ_rest already.
 #[allow(clippy::too_many_arguments)]
-fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1: usize, all_scalar: bool, b: usize, col: &mut [f64]) {
+fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1: usize, from_a22: bool, b: usize, col: &mut [f64]) {
     let m = col.len();
-    if all_scalar {
+    if from_a22 {
         let src = a.a22.col(b).try_as_col_major().unwrap().as_slice();
         let sb = scale[b];
         for r in b..m {
@@ -1322,26 +1324,41 @@ fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1
         }
     }
     let entries = &a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]];
-    if q1 == 1 {
-        // The common case (a scalar first term): a plain axpy over the block's rows.
-        for &e in entries {
-            let end = a.a21_block_end[e];
-            let vb = l21_vals[e];
-            for (&row, &va) in a.a21_rows[e..end].iter().zip(&l21_vals[e..end]) {
-                col[row] -= va * vb;
+    match q1 {
+        1 => subtract_block_products::<1>(a, l21_vals, entries, col),
+        2 => subtract_block_products::<2>(a, l21_vals, entries, col),
+        3 => subtract_block_products::<3>(a, l21_vals, entries, col),
+        _ => {
+            for &e in entries {
+                let vb = &l21_vals[e * q1..(e + 1) * q1];
+                for ia in e..a.a21_block_end[e] {
+                    let va = &l21_vals[ia * q1..(ia + 1) * q1];
+                    let mut dot = 0.0;
+                    for c in 0..q1 {
+                        dot += va[c] * vb[c];
+                    }
+                    col[a.a21_rows[ia]] -= dot;
+                }
             }
         }
-        return;
     }
+}
+
+/// col[r] −= L₂₁[r]·L₂₁[b] over the entries e of column b and the rows after them in e's block
+/// (the scattered part of the Schur complement), for a first term with `Q` columns.
+#[inline(always)]
+fn subtract_block_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], entries: &[usize], col: &mut [f64]) {
     for &e in entries {
-        let vb = &l21_vals[e * q1..(e + 1) * q1];
-        for ia in e..a.a21_block_end[e] {
-            let va = &l21_vals[ia * q1..(ia + 1) * q1];
+        let end = a.a21_block_end[e];
+        let vb: &[f64; Q] = l21_vals[e * Q..(e + 1) * Q].try_into().unwrap();
+        let rows = &a.a21_rows[e..end];
+        let vals = &l21_vals[e * Q..end * Q];
+        for (&row, va) in rows.iter().zip(vals.chunks_exact(Q)) {
             let mut dot = 0.0;
-            for c in 0..q1 {
+            for c in 0..Q {
                 dot += va[c] * vb[c];
             }
-            col[a.a21_rows[ia]] -= dot;
+            col[row] -= dot;
         }
     }
 }

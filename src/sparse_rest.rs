@@ -85,6 +85,9 @@ impl Pattern {
 
 struct Shared {
     pattern: Pattern,
+    /// The nonzero entries of A₂₂'s lower triangle, by column (rows ascending).
+    a22: Pattern,
+    a22_vals: Vec<f64>,
     symbolic: SymbolicCholesky<usize>,
     req: StackReq,
 }
@@ -141,7 +144,7 @@ fn supernodal_flops(symbolic: &SymbolicCholesky<usize>) -> Option<f64> {
 impl SparseRest {
     /// Analyses the pattern of S (m × m, with `p1` columns of [X y]); `None` when the sparse
     /// factor would not pay (see [`MAX_FLOP_RATIO`]) or the analysis fails.
-    pub(crate) fn plan(m: usize, p1: usize, pattern: Pattern) -> Option<SparseRest> {
+    pub(crate) fn plan(m: usize, p1: usize, pattern: Pattern, a22: MatRef<'_, f64>) -> Option<SparseRest> {
         if m < SPARSE_REST_MIN {
             return None;
         }
@@ -160,8 +163,25 @@ impl SparseRest {
             symbolic.factorize_numeric_llt_scratch::<f64>(Par::Seq, Spec::<LltParams, f64>::default()),
             symbolic.solve_in_place_scratch::<f64>(p1, Par::Seq),
         ]);
+        let mut a22_pattern = Pattern {
+            col_ptr: vec![0],
+            row_idx: Vec::new(),
+        };
+        let mut a22_vals = Vec::new();
+        for b in 0..m {
+            for r in b..m {
+                let v = a22[(r, b)];
+                if v != 0.0 {
+                    a22_pattern.row_idx.push(r);
+                    a22_vals.push(v);
+                }
+            }
+            a22_pattern.col_ptr.push(a22_vals.len());
+        }
         let shared = Arc::new(Shared {
             pattern,
+            a22: a22_pattern,
+            a22_vals,
             symbolic,
             req,
         });
@@ -181,12 +201,24 @@ impl SparseRest {
         }
     }
 
-    /// Copies the pattern's entries of column b from `work` into S.
+    /// Starts column b of S in `work` (all zero on entry): Λ_restᵀA₂₂Λ_rest, with `scale` the
+    /// rest λ's. Only the pattern's rows are written, so [`gather_column`](Self::gather_column)
+    /// leaves `work` zero again.
+    pub(crate) fn start_column(&mut self, b: usize, scale: &[f64]) {
+        let sh = &*self.shared;
+        let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
+        let sb = scale[b];
+        for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
+            self.work[r] = v * scale[r] * sb;
+        }
+    }
+
+    /// Moves the pattern's entries of column b from `work` into S, zeroing them in `work`.
     pub(crate) fn gather_column(&mut self, b: usize) {
         let p = &self.shared.pattern;
         let (s, e) = (p.col_ptr[b], p.col_ptr[b + 1]);
         for (v, &r) in self.values[s..e].iter_mut().zip(&p.row_idx[s..e]) {
-            *v = self.work[r];
+            *v = std::mem::take(&mut self.work[r]);
         }
     }
 

@@ -18,6 +18,7 @@ pub fn theta_to_lambda(theta: &[f64], q: usize, lam: &mut [f64]) {
 
 /// M ← M λ for an nrows × q column-major M: column c becomes Σ_{c' ≥ c} λ[c', c] col c'.
 /// Columns are processed in increasing c, so each reads only columns not yet overwritten.
+#[inline(always)]
 pub fn lambda_right_cols(m: &mut [f64], nrows: usize, q: usize, lam: &[f64]) {
     for c in 0..q {
         for r in 0..nrows {
@@ -31,6 +32,7 @@ pub fn lambda_right_cols(m: &mut [f64], nrows: usize, q: usize, lam: &[f64]) {
 }
 
 /// Rows `row_off..row_off + q` of a column-major nrows × ncols M ← λᵀ (those rows).
+#[inline(always)]
 pub fn lambda_left_rows(m: &mut [f64], nrows: usize, ncols: usize, q: usize, row_off: usize, lam: &[f64]) {
     for col in 0..ncols {
         let base = col * nrows + row_off;
@@ -46,6 +48,7 @@ pub fn lambda_left_rows(m: &mut [f64], nrows: usize, ncols: usize, q: usize, row
 
 /// In-place lower Cholesky of a q × q column-major block; the strict upper part is zeroed.
 /// Returns the index of the first non-positive pivot on failure.
+#[inline(always)]
 pub fn chol_small(a: &mut [f64], q: usize) -> Result<(), usize> {
     for j in 0..q {
         let mut d = a[j * q + j];
@@ -72,6 +75,7 @@ pub fn chol_small(a: &mut [f64], q: usize) -> Result<(), usize> {
 }
 
 /// v ← L⁻¹ v for lower-triangular q × q column-major L.
+#[inline(always)]
 pub fn solve_lower_small(l: &[f64], q: usize, v: &mut [f64]) {
     for i in 0..q {
         let mut s = v[i];

@@ -217,6 +217,8 @@ pub struct Model {
     pub(crate) log_det_w: f64,
     /// The rest block factored sparse for the objective, where that pays (see `sparse_rest`).
     pub(crate) sparse: Option<SparseRest>,
+    /// q₁ × (p+1) workspace of one level's L₃₁ⱼ (the single-term objective).
+    pub(crate) level_work: Vec<f64>,
 }
 
 /// Scratch memory for the dense Cholesky, sized once per model (cloning a model gives the
@@ -364,6 +366,7 @@ impl Model {
             sqrt_w: None,
             log_det_w: 0.0,
             sparse,
+            level_work: vec![0.0; q1 * (p + 1)],
         })
     }
 
@@ -840,9 +843,9 @@ impl Model {
         self.update_l_with(theta, false).map(|_| ())
     }
 
-    /// Updates L(θ) in place; with `use_sparse` and a sparse plan (see [`SparseRest`]) the rest
-    /// block is factored sparse instead, leaving L₂₂ and L₃₂ stale and returning log|L₂₂|²
-    /// (only the objective may use this).
+    /// Updates L(θ) in place; with `use_sparse` (the objective only) and a sparse plan (see
+    /// [`SparseRest`]) the rest block is factored sparse instead, leaving L₂₂ and L₃₂ stale and
+    /// returning log|L₂₂|²; with `use_sparse` and a single term, L₃₁ is not stored.
     fn update_l_with(&mut self, theta: &[f64], use_sparse: bool) -> CoreResult<Option<f64>> {
         self.set_theta(theta)?;
         let mut rest_logdet = None;
@@ -853,20 +856,27 @@ impl Model {
         let a = &self.a;
         let l = &mut self.l;
 
+        if use_sparse && self.m == 0 {
+            // One term, objective only: L₃₃L₃₃ᵀ = A₃₃ − Σⱼ L₃₁ⱼL₃₁ⱼᵀ accumulated level by level,
+            // without storing L₃₁ (one pass over A₁₁ and A₃₁ instead of three).
+            l.l33.as_mut().copy_from(a.a33.as_ref());
+            let (w, l11, l33) = (&mut self.level_work, &mut l.l11, &mut l.l33);
+            match q1 {
+                1 => fused_single_term::<1>(a, lam1, 1, l1, p1, l11, w, l33),
+                2 => fused_single_term::<2>(a, lam1, 2, l1, p1, l11, w, l33),
+                3 => fused_single_term::<3>(a, lam1, 3, l1, p1, l11, w, l33),
+                _ => fused_single_term::<0>(a, lam1, q1, l1, p1, l11, w, l33),
+            }?;
+            return self.factor_l33(None);
+        }
+
         // L₁₁: per level, chol(λ₁ᵀ A₁₁ⱼ λ₁ + I).
         for j in 0..l1 {
-            let src = &a.a11[j * q1 * q1..(j + 1) * q1 * q1];
-            let dst = &mut l.l11[j * q1 * q1..(j + 1) * q1 * q1];
-            dst.copy_from_slice(src);
-            lambda_right_cols(dst, q1, q1, lam1);
-            lambda_left_rows_dense(dst, q1, q1, lam1);
-            for c in 0..q1 {
-                dst[c * q1 + c] += 1.0;
-            }
-            chol_small(dst, q1).map_err(|pivot| CoreError::NotPositiveDefinite {
-                block: "first random-effects".into(),
-                pivot: j * q1 + pivot,
-            })?;
+            level_factor(&a.a11[j * q1 * q1..(j + 1) * q1 * q1], lam1, q1, &mut l.l11[j * q1 * q1..(j + 1) * q1 * q1])
+                .map_err(|pivot| CoreError::NotPositiveDefinite {
+                    block: "first random-effects".into(),
+                    pivot: j * q1 + pivot,
+                })?;
         }
 
         // L₃₁ᵀ blocks: L₁₁ⱼ⁻¹ λ₁ᵀ A₃₁ⱼᵀ.
@@ -884,32 +894,40 @@ impl Model {
         let m = self.m;
         if m > 0 {
             // L₂₁ rows: (Λ_restᵀ A₂₁ⱼ λ₁) L₁₁ⱼ⁻ᵀ.
-            l.l21_vals.copy_from_slice(&a.a21_vals);
-            for j in 0..l1 {
-                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
-                let rows = &a.a21_rows[s..e];
-                let vals = &mut l.l21_vals[s * q1..e * q1];
-                mix_rest_rows(vals, rows, q1, &self.rest_rows, &self.lambdas, &self.terms);
-                let lj = &l.l11[j * q1 * q1..(j + 1) * q1 * q1];
-                for r in 0..rows.len() {
-                    apply_lambda_t_then_solve(&mut vals[r * q1..(r + 1) * q1], lam1, lj, q1, &mut v);
+            let all_scalar = self.terms.iter().skip(1).all(|t| t.q == 1);
+            if all_scalar {
+                for (sc, r) in self.rest_scale.iter_mut().zip(&self.rest_rows) {
+                    *sc = self.lambdas[r.term][0];
+                }
+                let (l21, l11, scale) = (&mut l.l21_vals, &l.l11, &self.rest_scale);
+                match q1 {
+                    1 => scalar_rest_l21::<1>(a, lam1, 1, l11, scale, l21),
+                    2 => scalar_rest_l21::<2>(a, lam1, 2, l11, scale, l21),
+                    3 => scalar_rest_l21::<3>(a, lam1, 3, l11, scale, l21),
+                    _ => scalar_rest_l21::<0>(a, lam1, q1, l11, scale, l21),
+                }
+            } else {
+                l.l21_vals.copy_from_slice(&a.a21_vals);
+                for j in 0..l1 {
+                    let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+                    let rows = &a.a21_rows[s..e];
+                    let vals = &mut l.l21_vals[s * q1..e * q1];
+                    mix_rest_rows(vals, rows, q1, &self.rest_rows, &self.lambdas, &self.terms);
+                    let lj = &l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+                    for r in 0..rows.len() {
+                        apply_lambda_t_then_solve(&mut vals[r * q1..(r + 1) * q1], lam1, lj, q1, &mut v);
+                    }
                 }
             }
 
             // S = Λ_restᵀ A₂₂ Λ_rest + I − Σⱼ L₂₁ⱼ L₂₁ⱼᵀ, lower triangle only (all the Cholesky
             // reads), then L₂₂ = chol(S). Built one column of S at a time so the scattered
             // updates of the Schur complement land in a column that stays in cache.
-            let all_scalar = self.terms.iter().skip(1).all(|t| t.q == 1);
             if !all_scalar {
                 l.l22.as_mut().copy_from(a.a22.as_ref());
                 scale_rest_sym(&mut l.l22, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
             }
-            let scale = &mut self.rest_scale;
-            if all_scalar {
-                for (sc, r) in scale.iter_mut().zip(&self.rest_rows) {
-                    *sc = self.lambdas[r.term][0];
-                }
-            }
+            let scale = &self.rest_scale;
             let sparse_rest = if use_sparse && all_scalar { self.sparse.as_mut() } else { None };
             if let Some(sp) = sparse_rest {
                 for b in 0..m {
@@ -980,6 +998,12 @@ impl Model {
                 _ => matmul(l.l33.as_mut(), Accum::Add, l.l32t.transpose(), l.l32t.as_ref(), -1.0, Par::Seq),
             }
         }
+        self.factor_l33(rest_logdet)
+    }
+
+    /// L₃₃ = chol of the [X y] block left in `l.l33`; passes `rest_logdet` through.
+    fn factor_l33(&mut self, rest_logdet: Option<f64>) -> CoreResult<Option<f64>> {
+        let l = &mut self.l;
         let stack = MemStack::new(&mut self.chol_buffer.buffer);
         match cholesky_in_place(l.l33.as_mut(), Default::default(), Par::Seq, stack, Default::default()) {
             Ok(_) => Ok(rest_logdet),
@@ -1007,13 +1031,7 @@ impl Model {
     /// log|L_θ|², with log|L₂₂|² given when the sparse rest block was factored.
     fn logdet_re_with(&self, rest_logdet: Option<f64>) -> f64 {
         let q1 = self.terms[0].q;
-        let mut s = 0.0;
-        for j in 0..self.terms[0].n_levels {
-            let blk = &self.l.l11[j * q1 * q1..(j + 1) * q1 * q1];
-            for c in 0..q1 {
-                s += blk[c * q1 + c].ln();
-            }
-        }
+        let mut s = sum_ln((0..self.terms[0].n_levels * q1).map(|i| self.l.l11[i * q1 + i % q1]));
         if let Some(rest) = rest_logdet {
             return 2.0 * s + rest;
         }
@@ -1387,6 +1405,101 @@ fn sandwich_lambda(bmat: &[f64], lam: &[f64], q: usize, sigma2: f64, dst: &mut [
 }
 
 /// In place on a q-vector v: v ← L⁻¹ (λᵀ v), with λ and L lower triangular q × q.
+/// L₂₁ with scalar rest terms: L₂₁ⱼ rows = (λ_r a₂₁ⱼ[r]ᵀ λ₁) L₁₁ⱼ⁻ᵀ, `scale` holding λ_r per rest
+/// row. `Q` is q₁ as a constant (0: use `q`).
+fn scalar_rest_l21<const Q: usize>(a: &Crossprod, lam1: &[f64], q: usize, l11: &[f64], scale: &[f64], l21: &mut [f64]) {
+    let q = if Q == 0 { q } else { Q };
+    let mut v = [0.0f64; 64];
+    for j in 0..a.a21_ptr.len() - 1 {
+        let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+        let lj = &l11[j * q * q..(j + 1) * q * q];
+        let src = &a.a21_vals[s * q..e * q];
+        let dst = &mut l21[s * q..e * q];
+        for ((&row, d), x) in a.a21_rows[s..e].iter().zip(dst.chunks_exact_mut(q)).zip(src.chunks_exact(q)) {
+            let sr = scale[row];
+            for c in 0..q {
+                d[c] = x[c] * sr;
+            }
+            apply_lambda_t_then_solve(d, lam1, lj, q, &mut v);
+        }
+    }
+}
+
+/// Σ ln xᵢ with one logarithm per batch of factors: the product is taken until it leaves
+/// [1e-200, 1e200] (factors outside [1e-100, 1e100], zero, negative or NaN go straight to ln).
+fn sum_ln(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut s, mut prod) = (0.0, 1.0f64);
+    for x in values {
+        if !(x > 1e-100 && x < 1e100) {
+            s += x.ln();
+            continue;
+        }
+        prod *= x;
+        if !(prod > 1e-200 && prod < 1e200) {
+            s += prod.ln();
+            prod = 1.0;
+        }
+    }
+    s + prod.ln()
+}
+
+/// The single-term objective's pass over the levels (see `update_l_with`): L₁₁ⱼ into `l11`,
+/// L₃₁ⱼ into the workspace `w`, and L₃₃ −= L₃₁ⱼL₃₁ⱼᵀ. `Q` is q as a constant (0: use `q`), so
+/// the small kernels unroll for the common q of 1–3.
+#[allow(clippy::too_many_arguments)]
+fn fused_single_term<const Q: usize>(
+    a: &Crossprod,
+    lam1: &[f64],
+    q: usize,
+    l1: usize,
+    p1: usize,
+    l11: &mut [f64],
+    w: &mut [f64],
+    l33: &mut Mat<f64>,
+) -> CoreResult<()> {
+    let q = if Q == 0 { q } else { Q };
+    let mut v = [0.0f64; 64];
+    for j in 0..l1 {
+        let lj = &mut l11[j * q * q..(j + 1) * q * q];
+        level_factor(&a.a11[j * q * q..(j + 1) * q * q], lam1, q, lj).map_err(|pivot| CoreError::NotPositiveDefinite {
+            block: "first random-effects".into(),
+            pivot: j * q + pivot,
+        })?;
+        for t in 0..p1 {
+            let seg = &mut w[t * q..(t + 1) * q];
+            let src = a.a31t.col(t).try_as_col_major().unwrap().as_slice();
+            seg.copy_from_slice(&src[j * q..(j + 1) * q]);
+            apply_lambda_t_then_solve(seg, lam1, lj, q, &mut v);
+        }
+        for t2 in 0..p1 {
+            let w2 = &w[t2 * q..(t2 + 1) * q];
+            let col = l33.as_mut().col_mut(t2).try_as_col_major_mut().unwrap().as_slice_mut();
+            for t1 in t2..p1 {
+                let w1 = &w[t1 * q..(t1 + 1) * q];
+                let mut dot = 0.0;
+                for c in 0..q {
+                    dot += w1[c] * w2[c];
+                }
+                col[t1] -= dot;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// chol(λᵀ A λ + I) of one q × q level block (column-major) into `dst`; Err(pivot) if not PD.
+#[inline(always)]
+fn level_factor(src: &[f64], lam: &[f64], q: usize, dst: &mut [f64]) -> Result<(), usize> {
+    dst.copy_from_slice(src);
+    lambda_right_cols(dst, q, q, lam);
+    lambda_left_rows_dense(dst, q, q, lam);
+    for c in 0..q {
+        dst[c * q + c] += 1.0;
+    }
+    chol_small(dst, q)
+}
+
+#[inline(always)]
 fn apply_lambda_t_then_solve(v: &mut [f64], lam: &[f64], lchol: &[f64], q: usize, tmp: &mut [f64; 64]) {
     for c in 0..q {
         let mut s = 0.0;
@@ -1400,6 +1513,7 @@ fn apply_lambda_t_then_solve(v: &mut [f64], lam: &[f64], lchol: &[f64], q: usize
 }
 
 /// λᵀ M for a q × ncols column-major block M (rows mixed within the block).
+#[inline(always)]
 fn lambda_left_rows_dense(mtx: &mut [f64], q: usize, ncols: usize, lam: &[f64]) {
     lambda_left_rows(mtx, q, ncols, q, 0, lam);
 }
@@ -1691,6 +1805,26 @@ mod tests {
         let d = random_design_with(5, 6000, &[(1, 400), (1, 300)]);
         let model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), false).unwrap();
         assert!(model.sparse.is_none());
+    }
+
+    #[test]
+    fn single_term_objective_equals_the_stored_factor() {
+        for (seed, q) in [(1u64, 1usize), (2, 2), (3, 3), (4, 5)] {
+            let d = random_design_with(seed, 400, &[(q, 37)]);
+            for reml in [false, true] {
+                let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), reml).unwrap();
+                let mut g = Lcg(seed * 13);
+                for _ in 0..3 {
+                    let theta = random_theta(&mut g, &model);
+                    let fused = model.objective(&theta).unwrap();
+                    model.update_l(&theta).unwrap();
+                    let stored = model.objective_from_l(None);
+                    let (brute, _, _) = dense_objective(&d, &theta, reml);
+                    assert!((fused - stored).abs() < 1e-11 * stored.abs(), "q {q}: {fused} vs {stored}");
+                    assert!((fused - brute).abs() < 1e-8 * brute.abs(), "q {q}: {fused} vs {brute}");
+                }
+            }
+        }
     }
 
     #[test]

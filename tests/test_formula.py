@@ -245,3 +245,26 @@ def test_formula_must_be_a_string() -> None:
 def test_errors_are_value_errors() -> None:
     with pytest.raises(ValueError, match="at least one random-effects term"):
         parse_formula("y ~ x")
+
+
+def test_repeated_parses_are_equal_and_bad_arguments_still_raise():
+    # parse_formula keeps its results per arguments; a list and a tuple of the same terms are
+    # one key, and arguments it cannot key (a set) go the uncached way with the usual error.
+    first = parse_formula("y ~ x", groups=["a", "b"])
+    assert parse_formula("y ~ x", groups=("a", "b")) == first
+    assert [t.group for t in first.random_terms] == ["a", "b"]
+    with pytest.raises(InputTypeError):
+        parse_formula("y ~ x", groups={"a"})
+    with pytest.raises(FormulaError):
+        parse_formula("y ~ x")
+
+
+def test_formula_variables_are_fresh_containers():
+    from interlace.design import _formula_variables
+
+    needed, roots = _formula_variables("y ~ np.log(x) + a.fillna(0)")
+    needed.append("mutated")
+    roots.add("mutated")
+    again, again_roots = _formula_variables("y ~ np.log(x) + a.fillna(0)")
+    assert "mutated" not in again and "mutated" not in again_roots
+    assert again == ["y", "x"] and again_roots == {"np", "a"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -389,6 +390,21 @@ def _missing_column_message(name: str, available: Iterable[str]) -> str:
 
 
 def _formula_variables(text: str) -> tuple[list[str], set[str]]:
+    """Names a formula reads: those it needs as values, and roots of attribute chains (fresh
+    containers around :func:`_formula_variables_cached`)."""
+    needed, roots = _formula_variables_cached(text)
+    return list(needed), set(roots)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_formula(text: str) -> Formula:
+    """formulaic's parse of a formula string, kept: parsing costs more than building a small
+    design, and a ``Formula`` is never modified once made."""
+    return Formula(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _formula_variables_cached(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
     """Names a formula reads: those it needs as values, and roots of attribute chains.
 
     ``np.log(x)`` needs ``x``; ``center(x)`` needs ``x`` (formulaic's own
@@ -396,7 +412,7 @@ def _formula_variables(text: str) -> tuple[list[str], set[str]]:
     root ``a`` is used when it is a column. Function names and formulaic's transform namespace
     are not columns.
     """
-    formula = Formula(text)
+    formula = _parsed_formula(text)
     parts = [formula.lhs, formula.rhs] if hasattr(formula, "rhs") else [formula]
     needed: list[str] = []
     roots: set[str] = set()
@@ -409,8 +425,7 @@ def _formula_variables(text: str) -> tuple[list[str], set[str]]:
                     values, attribute_roots = _expression_names(str(factor.expr))
                     needed.extend(values)
                     roots.update(attribute_roots)
-    unique_needed = list(dict.fromkeys(needed))
-    return unique_needed, roots
+    return tuple(dict.fromkeys(needed)), frozenset(roots)
 
 
 def _expression_names(expression: str) -> tuple[list[str], set[str]]:
@@ -511,7 +526,9 @@ def _fixed_part(
         # into NaN (log of a negative number) must be reported, not silently dropped. numpy's
         # warning about it is silenced because the DataError below says more.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            matrices = model_matrix(parsed.fixed, model_frame, na_action="ignore", context={})
+            matrices = model_matrix(
+                _parsed_formula(parsed.fixed), model_frame, na_action="ignore", context={}
+            )
     except Exception as error:  # formulaic raises many types; all mean "cannot evaluate"
         raise FormulaError(
             f"fixed-effects formula '{parsed.fixed}' could not be evaluated: "
@@ -605,7 +622,9 @@ def _random_terms(
     """Build the term's Z; a ``||`` term becomes one scalar term per column of Z."""
     try:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            lhs_frame = model_matrix(spec.lhs, model_frame, na_action="ignore", context={})
+            lhs_frame = model_matrix(
+                _parsed_formula(spec.lhs), model_frame, na_action="ignore", context={}
+            )
     except Exception as error:  # formulaic raises many types; all mean "cannot evaluate"
         raise FormulaError(
             f"random-effects term '{spec.label}' could not be evaluated: "

@@ -10,6 +10,7 @@ formula into arrays.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,39 @@ def parse_formula(
     """
     if not isinstance(formula, str):
         raise InputTypeError(f"formula must be a string, got {type(formula).__name__}")
+    keys = [_cache_key(groups), _cache_key(random)]
+    if keys[0] is _UNCACHED or keys[1] is _UNCACHED:
+        return _parse_formula(formula, groups, random)
+    return _parse_formula_cached(formula, keys[0], keys[1])
+
+
+_UNCACHED = object()
+
+
+def _cache_key(value: object) -> object:
+    """``groups``/``random`` as a hashable key: None, a string, or a tuple of strings (a list
+    or tuple of strings); anything else is parsed uncached, so its error is the usual one."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return _UNCACHED
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_formula_cached(
+    formula: str, groups: str | tuple[str, ...] | None, random: str | tuple[str, ...] | None
+) -> ParsedFormula:
+    """:func:`parse_formula` kept per arguments: a ``ParsedFormula`` is frozen, and the parse
+    (formulaic's included) costs more than building a small design."""
+    return _parse_formula(formula, groups, random)
+
+
+def _parse_formula(
+    formula: str,
+    groups: str | Sequence[str] | None,
+    random: str | Sequence[str] | None,
+) -> ParsedFormula:
     response, fixed_rhs, formula_terms = _split_fixed_and_random(formula)
 
     terms: list[RandomTermSpec] = []

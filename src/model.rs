@@ -963,25 +963,11 @@ impl Model {
                 let col = l.l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
                 mix_rest_vector(col, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
             }
-            for j in 0..l1 {
-                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
-                let rows = &a.a21_rows[s..e];
-                let vals = &l.l21_vals[s * q1..e * q1];
-                for t in 0..p1 {
-                    let mut w = [0.0f64; 64];
-                    for c in 0..q1 {
-                        w[c] = l.l31t[(j * q1 + c, t)];
-                    }
-                    let col = l.l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
-                    for (ia, &r) in rows.iter().enumerate() {
-                        let va = &vals[ia * q1..(ia + 1) * q1];
-                        let mut dot = 0.0;
-                        for c in 0..q1 {
-                            dot += va[c] * w[c];
-                        }
-                        col[r] -= dot;
-                    }
-                }
+            match q1 {
+                1 => subtract_l21_l31t::<1>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 1, p1),
+                2 => subtract_l21_l31t::<2>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 2, p1),
+                3 => subtract_l21_l31t::<3>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 3, p1),
+                _ => subtract_l21_l31t::<0>(a, &l.l21_vals, &l.l31t, &mut l.l32t, q1, p1),
             }
             if rest_logdet.is_none() {
                 solve_lower_triangular_in_place(l.l22.as_ref(), l.l32t.as_mut(), self.par);
@@ -1421,6 +1407,26 @@ fn scalar_rest_l21<const Q: usize>(a: &Crossprod, lam1: &[f64], q: usize, l11: &
                 d[c] = x[c] * sr;
             }
             apply_lambda_t_then_solve(d, lam1, lj, q, &mut v);
+        }
+    }
+}
+
+/// L₃₂ᵀ −= Σⱼ L₂₁ⱼ L₃₁ⱼᵀ over the sparse rows of each L₂₁ⱼ. `Q` is q₁ as a constant (0: use `q`).
+fn subtract_l21_l31t<const Q: usize>(a: &Crossprod, l21_vals: &[f64], l31t: &Mat<f64>, l32t: &mut Mat<f64>, q: usize, p1: usize) {
+    let q = if Q == 0 { q } else { Q };
+    for t in 0..p1 {
+        let w_all = l31t.col(t).try_as_col_major().unwrap().as_slice();
+        let col = l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+        for j in 0..a.a21_ptr.len() - 1 {
+            let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+            let w = &w_all[j * q..(j + 1) * q];
+            for (&r, va) in a.a21_rows[s..e].iter().zip(l21_vals[s * q..e * q].chunks_exact(q)) {
+                let mut dot = 0.0;
+                for c in 0..q {
+                    dot += va[c] * w[c];
+                }
+                col[r] -= dot;
+            }
         }
     }
 }

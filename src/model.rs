@@ -1834,6 +1834,18 @@ mod tests {
     }
 
     #[test]
+    fn batched_log_sum_equals_the_sum_of_logs() {
+        let mut g = Lcg(3);
+        let mut values: Vec<f64> = (0..10_000).map(|_| 1.0 + 50.0 * g.next()).collect();
+        values.extend([1e150, 1e-150, 1e99, 1e99, 1e99, 3.0, 1e-99, 1e-99, 0.5]);
+        let direct: f64 = values.iter().map(|v| v.ln()).sum();
+        let batched = sum_ln(values.iter().copied());
+        assert!((batched - direct).abs() < 1e-12 * direct.abs(), "{batched} vs {direct}");
+        assert_eq!(sum_ln([2.0, 0.0].into_iter()), f64::NEG_INFINITY);
+        assert!(sum_ln([2.0, -1.0].into_iter()).is_nan());
+    }
+
+    #[test]
     fn objective_matches_dense_brute_force() {
         for seed in 1..6u64 {
             let d = random_design(seed, 60);

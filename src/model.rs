@@ -138,13 +138,13 @@ pub(crate) struct SchurGroup {
     s: Mat<f64>,
 }
 
-/// From this size of the dense rest block on, its Cholesky factorisation and the solve with it
-/// would use faer's rayon parallelism. Measured on the 2-core development machine, faer's
-/// parallel Cholesky alone is 1.7× faster from m = 2,000 on (`cargo run --release --example
-/// dense_cholesky`), but inside the fit the objective got slower (MovieLens-like, m = 3,706:
-/// 1.05 s against 0.87 s per evaluation, CPU time equal to wall time), so it stays off until
-/// that is understood (see docs/performance.md).
-pub(crate) const PARALLEL_REST_MIN: usize = 1 << 40;
+/// From this size of the dense rest block on, its Schur columns are formed on rayon's threads
+/// and its Cholesky factorisation and the solves with it use faer's rayon parallelism.
+/// Measured on the 2-core development machine: faer's parallel Cholesky alone is 1.7× faster
+/// from m = 2,000 on (`cargo run --release --example dense_cholesky`), and one objective of the
+/// MovieLens-like model (m = 3,706) takes 0.49 s on two threads against 0.92–1.15 s on one
+/// (docs/performance.md). Refits inside parallel workers are switched to `Par::Seq`.
+pub(crate) const PARALLEL_REST_MIN: usize = 2048;
 
 /// At most this many Schur groups, and at most this many bytes for all of them.
 const MAX_SCHUR_GROUPS: usize = 4;
@@ -941,9 +941,19 @@ impl Model {
                 })?;
                 rest_logdet = Some(sp.logdet);
             } else {
-                for b in 0..m {
-                    let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
-                    schur_column(a, &l.l21_vals, scale, lam1, q1, all_scalar, b, col);
+                let l21_vals = &l.l21_vals;
+                if matches!(self.par, Par::Rayon(_)) {
+                    // Columns are independent: on the threads the dense factor uses too.
+                    use rayon::prelude::*;
+                    l.l22.as_mut().par_col_iter_mut().enumerate().for_each(|(b, col)| {
+                        let col = col.try_as_col_major_mut().unwrap().as_slice_mut();
+                        schur_column(a, l21_vals, scale, lam1, q1, all_scalar, b, col);
+                    });
+                } else {
+                    for b in 0..m {
+                        let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
+                        schur_column(a, l21_vals, scale, lam1, q1, all_scalar, b, col);
+                    }
                 }
                 let stack = MemStack::new(&mut self.chol_buffer.buffer);
                 cholesky_in_place(l.l22.as_mut(), Default::default(), self.par, stack, Default::default())
@@ -1843,6 +1853,20 @@ mod tests {
         assert!((batched - direct).abs() < 1e-12 * direct.abs(), "{batched} vs {direct}");
         assert_eq!(sum_ln([2.0, 0.0].into_iter()), f64::NEG_INFINITY);
         assert!(sum_ln([2.0, -1.0].into_iter()).is_nan());
+    }
+
+    #[test]
+    fn parallel_rest_block_equals_the_sequential_one() {
+        // m = 2,100 ≥ PARALLEL_REST_MIN: the Schur columns and the dense factor run on rayon.
+        let d = random_design_with(8, 20_000, &[(1, 3_000), (1, 2_100)]);
+        let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+        assert!(model.m >= PARALLEL_REST_MIN && matches!(model.par, Par::Rayon(_)));
+        let mut sequential = model.clone();
+        sequential.set_sequential();
+        for theta in [[0.8, 0.3], [0.1, 1.7], [0.0, 0.6]] {
+            let (par, seq) = (model.objective(&theta).unwrap(), sequential.objective(&theta).unwrap());
+            assert!((par - seq).abs() < 1e-10 * seq.abs(), "{par} vs {seq}");
+        }
     }
 
     #[test]

@@ -1221,13 +1221,11 @@ impl Model {
         }
         let mut out = Vec::with_capacity(self.terms.len());
 
-        // Term 1.
+        // Term 1, one level at a time (on rayon's threads with a parallel rest block).
         let mut cov1 = vec![0.0; l1 * q1 * q1];
-        let mut w1 = vec![0.0; q1 * q1];
-        let mut g = vec![0.0; m * q1];
-        let mut blk = vec![0.0; q1 * q1];
-        for j in 0..l1 {
-            let lj = &self.l.l11[j * q1 * q1..(j + 1) * q1 * q1];
+        let (l11, l21_vals, a, lam1, l22_inv) = (&self.l.l11, &self.l.l21_vals, &self.a, &self.lambdas[0], &l22_inv);
+        let level = |j: usize, dst: &mut [f64], w1: &mut [f64], g: &mut [f64], blk: &mut [f64]| {
+            let lj = &l11[j * q1 * q1..(j + 1) * q1 * q1];
             // W₁ = L₁₁ⱼ⁻¹ (column-major q1 × q1).
             for c in 0..q1 {
                 for r in 0..q1 {
@@ -1247,13 +1245,13 @@ impl Model {
             }
             if m > 0 {
                 // G = L₂₂⁻¹ (L₂₁ⱼ W₁): m × q1, via the sparse rows of L₂₁ⱼ.
-                let (s, e) = (self.a.a21_ptr[j], self.a.a21_ptr[j + 1]);
-                let rows = &self.a.a21_rows[s..e];
+                let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+                let rows = &a.a21_rows[s..e];
                 g.iter_mut().for_each(|v| *v = 0.0);
                 let mut min_row = m;
                 for (ia, &row) in rows.iter().enumerate() {
                     min_row = min_row.min(row);
-                    let va = &self.l.l21_vals[(s + ia) * q1..(s + ia + 1) * q1];
+                    let va = &l21_vals[(s + ia) * q1..(s + ia + 1) * q1];
                     for c in 0..q1 {
                         // (L₂₁ⱼ W₁)[row, c]
                         let mut h = 0.0;
@@ -1281,8 +1279,19 @@ impl Model {
                     }
                 }
             }
-            let dst = &mut cov1[j * q1 * q1..(j + 1) * q1 * q1];
-            sandwich_lambda(&blk, &self.lambdas[0], q1, sigma2, dst);
+            sandwich_lambda(blk, lam1, q1, sigma2, dst);
+        };
+        let buffers = || (vec![0.0; q1 * q1], vec![0.0; m * q1], vec![0.0; q1 * q1]);
+        if matches!(self.par, Par::Rayon(_)) {
+            use rayon::prelude::*;
+            cov1.par_chunks_mut(q1 * q1)
+                .enumerate()
+                .for_each_init(buffers, |(w1, g, blk), (j, dst)| level(j, dst, w1, g, blk));
+        } else {
+            let (mut w1, mut g, mut blk) = buffers();
+            for (j, dst) in cov1.chunks_mut(q1 * q1).enumerate() {
+                level(j, dst, &mut w1, &mut g, &mut blk);
+            }
         }
         out.push(cov1);
 

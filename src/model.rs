@@ -146,6 +146,12 @@ pub(crate) struct SchurGroup {
 /// (docs/performance.md). Refits inside parallel workers are switched to `Par::Seq`.
 pub(crate) const PARALLEL_REST_MIN: usize = 2048;
 
+/// From this many multiply-adds per evaluation in the Schur complement's update (about a
+/// millisecond of work) its columns are formed on rayon's two threads. Measured on the
+/// development machine: InstEval (1.8 × 10⁶, sparse block) and the 200,000-row slopes model
+/// (4 × 10⁷) gain; the balanced models whose levels share Schur groups stay below it.
+pub(crate) const PARALLEL_SCHUR_MIN_WORK: f64 = 1e6;
+
 /// At most this many Schur groups, and at most this many bytes for all of them.
 const MAX_SCHUR_GROUPS: usize = 4;
 const MAX_SCHUR_BYTES: u128 = 1 << 30;
@@ -219,6 +225,9 @@ pub struct Model {
     pub(crate) sparse: Option<SparseRest>,
     /// q₁ × (p+1) workspace of one level's L₃₁ⱼ (the single-term objective).
     pub(crate) level_work: Vec<f64>,
+    /// Whether the Schur complement's columns are formed on rayon's threads: when its
+    /// scattered update is large (see [`PARALLEL_SCHUR_MIN_WORK`]) or the rest block is.
+    pub(crate) parallel_schur: bool,
 }
 
 /// Scratch memory for the dense Cholesky, sized once per model (cloning a model gives the
@@ -337,6 +346,7 @@ impl Model {
             l33: Mat::zeros(p + 1, p + 1),
         };
         let par = if m >= PARALLEL_REST_MIN { Par::rayon(0) } else { Par::Seq };
+        let parallel_schur = Self::schur_work(&a, q1, m) >= PARALLEL_SCHUR_MIN_WORK || m >= PARALLEL_REST_MIN;
         let sparse = if m >= SPARSE_REST_MIN && terms.iter().skip(1).all(|t| t.q == 1) {
             Self::rest_pattern(&terms, &a, &rest_offsets, m)
                 .and_then(|pattern| SparseRest::plan(m, p + 1, pattern, a.a22.as_ref()))
@@ -367,6 +377,7 @@ impl Model {
             log_det_w: 0.0,
             sparse,
             level_work: vec![0.0; q1 * (p + 1)],
+            parallel_schur,
         })
     }
 
@@ -410,6 +421,7 @@ impl Model {
     /// bootstrap), which already use every core.
     pub(crate) fn set_sequential(&mut self) {
         self.par = Par::Seq;
+        self.parallel_schur = false;
     }
 
     /// Records √w for data already stored on the weighted scale.
@@ -450,6 +462,20 @@ impl Model {
     /// The Schur groups worth forming (see [`SchurGroup`]): only for a scalar first term and
     /// scalar rest terms, only groups whose direct updates cost at least twice the dense
     /// one, the most profitable first, within [`MAX_SCHUR_GROUPS`] and [`MAX_SCHUR_BYTES`].
+    /// Multiply-adds of one Schur complement update: q₁² per pair of entries in a level's
+    /// block column (levels outside the Schur groups), and m(m+1)/2 per group.
+    fn schur_work(a: &Crossprod, q1: usize, m: usize) -> f64 {
+        let pairs: f64 = (0..m)
+            .map(|b| {
+                a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]]
+                    .iter()
+                    .map(|&e| (a.a21_block_end[e] - e) as f64)
+                    .sum::<f64>()
+            })
+            .sum();
+        pairs * (q1 * q1) as f64 + a.schur_groups.len() as f64 * (m * (m + 1) / 2) as f64
+    }
+
     /// The structural pattern of the Schur complement S of the rest block (scalar rest terms):
     /// rest rows b ≤ r are linked where they share an observation (A₂₂) or a level of term 1
     /// (Σⱼ a₂₁ⱼa₂₁ⱼᵀ, Schur-grouped levels included). Built from the level codes, never from
@@ -930,11 +956,10 @@ impl Model {
             let scale = &self.rest_scale;
             let sparse_rest = if use_sparse && all_scalar { self.sparse.as_mut() } else { None };
             if let Some(sp) = sparse_rest {
-                for b in 0..m {
-                    sp.start_column(b, scale);
-                    schur_column(a, &l.l21_vals, scale, lam1, q1, false, b, &mut sp.work);
-                    sp.gather_column(b);
-                }
+                let l21_vals = &l.l21_vals;
+                sp.fill(scale, self.parallel_schur, |b, work| {
+                    schur_column(a, l21_vals, scale, lam1, q1, false, b, work)
+                });
                 sp.factor().map_err(|pivot| CoreError::NotPositiveDefinite {
                     block: "random-effects".into(),
                     pivot,
@@ -942,8 +967,8 @@ impl Model {
                 rest_logdet = Some(sp.logdet);
             } else {
                 let l21_vals = &l.l21_vals;
-                if matches!(self.par, Par::Rayon(_)) {
-                    // Columns are independent: on the threads the dense factor uses too.
+                if matches!(self.par, Par::Rayon(_)) || self.parallel_schur {
+                    // Columns are independent: on rayon's threads.
                     use rayon::prelude::*;
                     l.l22.as_mut().par_col_iter_mut().enumerate().for_each(|(b, col)| {
                         let col = col.try_as_col_major_mut().unwrap().as_slice_mut();
@@ -1812,6 +1837,11 @@ mod tests {
                     // A clone factors on its own workspace and agrees.
                     let mut clone = model.clone();
                     assert_eq!(clone.objective(&theta).unwrap(), sparse);
+                    // So do the Schur columns formed on two threads (same arithmetic per column).
+                    clone.parallel_schur = true;
+                    assert_eq!(clone.objective(&theta).unwrap(), sparse);
+                    clone.update_l(&theta).unwrap();
+                    assert_eq!(clone.objective_from_l(None), dense);
                 }
             }
         }

@@ -98,8 +98,9 @@ pub(crate) struct SparseRest {
     shared: Arc<Shared>,
     values: Vec<f64>,
     l_values: Vec<f64>,
-    /// One dense column of S (length m), the gathering workspace.
-    pub(crate) work: Vec<f64>,
+    /// Dense columns of S (length m), the gathering workspaces (one per thread of `fill`).
+    work: Vec<f64>,
+    work2: Vec<f64>,
     rhs: Mat<f64>,
     buffer: MemBuffer,
     /// log|L₂₂|² of the last factorisation.
@@ -194,6 +195,7 @@ impl SparseRest {
             values: vec![0.0; shared.pattern.nnz()],
             l_values: vec![0.0; shared.symbolic.len_val()],
             work: vec![0.0; m],
+            work2: vec![0.0; m],
             rhs: Mat::zeros(m, p1),
             buffer: MemBuffer::new(shared.req),
             logdet: 0.0,
@@ -201,24 +203,36 @@ impl SparseRest {
         }
     }
 
-    /// Starts column b of S in `work` (all zero on entry): Λ_restᵀA₂₂Λ_rest, with `scale` the
-    /// rest λ's. Only the pattern's rows are written, so [`gather_column`](Self::gather_column)
-    /// leaves `work` zero again.
-    pub(crate) fn start_column(&mut self, b: usize, scale: &[f64]) {
+    /// Fills S column by column: column b starts as Λ_restᵀA₂₂Λ_rest (`scale` the rest λ's)
+    /// in a zeroed dense workspace, `column(b, work)` adds the rest (it may write the pattern's
+    /// rows only), and the pattern's entries are moved into S, leaving the workspace zero. With
+    /// `parallel`, the columns are split in two halves of equal storage, one per thread.
+    pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, column: impl Fn(usize, &mut [f64]) + Sync) {
         let sh = &*self.shared;
-        let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
-        let sb = scale[b];
-        for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
-            self.work[r] = v * scale[r] * sb;
-        }
-    }
-
-    /// Moves the pattern's entries of column b from `work` into S, zeroing them in `work`.
-    pub(crate) fn gather_column(&mut self, b: usize) {
-        let p = &self.shared.pattern;
-        let (s, e) = (p.col_ptr[b], p.col_ptr[b + 1]);
-        for (v, &r) in self.values[s..e].iter_mut().zip(&p.row_idx[s..e]) {
-            *v = std::mem::take(&mut self.work[r]);
+        let m = self.work.len();
+        let run = |cols: std::ops::Range<usize>, values: &mut [f64], work: &mut [f64]| {
+            let base = sh.pattern.col_ptr[cols.start];
+            for b in cols {
+                let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
+                let sb = scale[b];
+                for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
+                    work[r] = v * scale[r] * sb;
+                }
+                column(b, work);
+                let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
+                for (v, &r) in values[s - base..e - base].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
+                    *v = std::mem::take(&mut work[r]);
+                }
+            }
+        };
+        if parallel && m > 1 {
+            let half = sh.pattern.nnz() / 2;
+            let mid = sh.pattern.col_ptr.partition_point(|&p| p < half).clamp(1, m - 1);
+            let (v1, v2) = self.values.split_at_mut(sh.pattern.col_ptr[mid]);
+            let (w1, w2) = (&mut self.work, &mut self.work2);
+            rayon::join(|| run(0..mid, v1, w1), || run(mid..m, v2, w2));
+        } else {
+            run(0..m, &mut self.values, &mut self.work);
         }
     }
 

@@ -22,9 +22,10 @@ LONG_FIT = textwrap.dedent(
     """
     import numpy as np, pandas as pd, sys, time, interlace
     rng = np.random.default_rng(0)
-    n = 40_000
-    a = rng.integers(0, 3_000, n); b = rng.integers(0, 1_400, n)
-    y = rng.normal(size=n) + rng.normal(size=3_000)[a] + rng.normal(size=1_400)[b]
+    # A dense 4,000-level second block: about a second per evaluation, a minute per fit.
+    n = 200_000
+    a = rng.integers(0, 3_000, n); b = rng.integers(0, 4_000, n)
+    y = rng.normal(size=n) + rng.normal(size=3_000)[a] + rng.normal(size=4_000)[b]
     df = pd.DataFrame({"y": y, "a": a, "b": b})
     print("ready", flush=True)
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ Statistical conditions (a boundary fit, a doubtful optimum) are decided here, in
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,18 @@ def _correlation(cov: np.ndarray) -> np.ndarray:
     sd = np.sqrt(np.diag(cov))
     with np.errstate(invalid="ignore", divide="ignore"):
         return cov / np.outer(sd, sd)
+
+
+@dataclass(frozen=True, eq=False)
+class _CoreArrays:
+    """The arrays of the core's output that :class:`LmmResult` labels on first access."""
+
+    beta: np.ndarray
+    beta_cov: np.ndarray
+    b: list[Any]
+    b_cond_cov: list[Any]
+    fitted: np.ndarray
+    resid: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,15 +204,6 @@ class LmmResult:
     method: str
     nobs: int
     llf: float
-    fe_params: pd.Series = field(repr=False)
-    bse: pd.Series = field(repr=False)
-    tvalues: pd.Series = field(repr=False)
-    fe_cov: pd.DataFrame = field(repr=False)
-    random_effects: dict[str, pd.Series | pd.DataFrame] = field(repr=False)
-    random_effects_se: dict[str, pd.Series | pd.DataFrame] = field(repr=False)
-    variance_components: dict[str, float | pd.DataFrame] = field(repr=False)
-    varcorr: pd.DataFrame = field(repr=False)
-    varcov: pd.DataFrame = field(repr=False)
     theta: np.ndarray = field(repr=False)
     theta_names: tuple[str, ...] = field(repr=False)
     scale: float = field(repr=False)
@@ -209,10 +213,12 @@ class LmmResult:
     ngroups: dict[str, int] = field(repr=False)
     converged: bool = field(repr=False)
     is_singular: bool = field(repr=False)
-    fittedvalues: pd.Series = field(repr=False)
-    resid: pd.Series = field(repr=False)
     optimization: OptimizationRecord = field(repr=False)
     design: Any = field(repr=False)
+    # The core's arrays, checked against the design's names; the labelled pandas attributes
+    # below are built from them on first access (a fit in a loop that reads two numbers does
+    # not pay for a dozen DataFrames).
+    _arrays: _CoreArrays = field(repr=False)
 
     @classmethod
     def from_core(cls, design: Any, core: dict[str, Any], method: str) -> LmmResult:
@@ -237,107 +243,41 @@ class LmmResult:
         if method not in ("REML", "ML"):
             raise InterlaceError(f"method must be 'REML' or 'ML', got {method!r}")
         terms = tuple(design.terms)
-        fixed_names = [str(name) for name in design.fixed_names]
-        p = len(fixed_names)
+        p = len(design.fixed_names)
         nobs = int(design.nobs)
 
         beta = _frozen_array(core["beta"]).ravel()
         if beta.size != p:
             raise InterlaceError(f"the core returned {beta.size} fixed effects for {p} names")
         beta_cov = np.asarray(core["beta_cov"], dtype=float).reshape(p, p)
-        bse_values = np.sqrt(np.clip(np.diag(beta_cov), 0.0, None))
-        fe_params = pd.Series(beta, index=fixed_names, dtype=float)
-        bse = pd.Series(bse_values, index=fixed_names, dtype=float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tvalues = pd.Series(beta / bse_values, index=fixed_names, dtype=float)
-        fe_cov = pd.DataFrame(beta_cov, index=fixed_names, columns=fixed_names, dtype=float)
 
         theta = _frozen_array(core["theta"]).ravel()
         q_per_term = [len(term.columns) for term in terms]
-        slices, lower = _theta_layout(q_per_term)
+        _, lower = _theta_layout(q_per_term)
         if theta.size != lower.size:
             raise InterlaceError(
                 f"the core returned {theta.size} θ values; the terms need {lower.size}"
             )
         sigma = float(core["sigma"])
-        scale = sigma * sigma
-        groups = [str(term.group) for term in terms]
-        term_names = _unique_names(groups)
 
         b_list, cond_list = list(core["b"]), list(core["b_cond_cov"])
         if len(b_list) != len(terms) or len(cond_list) != len(terms):
             raise InterlaceError(
                 f"the core returned {len(b_list)} blocks of modes for {len(terms)} terms"
             )
-
-        variance_components: dict[str, float | pd.DataFrame] = {}
-        rows: list[dict[str, Any]] = []
         theta_names: list[str] = []
-        modes: dict[str, list[pd.DataFrame]] = {}
-        mode_sds: dict[str, list[pd.DataFrame]] = {}
         ngroups: dict[str, int] = {}
-        for term, name, group, sl, b_k, cond_k in zip(
-            terms, term_names, groups, slices, b_list, cond_list, strict=True
-        ):
+        for term in terms:
+            group = str(term.group)
             columns = [str(c) for c in term.columns]
-            q = len(columns)
-            lam = _relative_factor(theta[sl], q)
-            cov = scale * lam @ lam.T
-            corr = _correlation(cov)
-            variance_components[name] = (
-                float(cov[0, 0]) if q == 1 else pd.DataFrame(cov, index=columns, columns=columns)
-            )
-            for i in range(q):
-                rows.append(
-                    {
-                        "grp": name,
-                        "var1": columns[i],
-                        "var2": None,
-                        "vcov": cov[i, i],
-                        "sdcor": math.sqrt(max(cov[i, i], 0.0)),
-                    }
-                )
-            for i in range(q):
-                for j in range(i + 1, q):
-                    rows.append(
-                        {
-                            "grp": name,
-                            "var1": columns[i],
-                            "var2": columns[j],
-                            "vcov": cov[i, j],
-                            "sdcor": corr[i, j],
-                        }
-                    )
-            for col in range(q):
-                for row in range(col, q):
+            for col in range(len(columns)):
+                for row in range(col, len(columns)):
                     theta_names.append(
                         f"{group}.{columns[col]}"
                         if row == col
                         else f"{group}.{columns[row]}.{columns[col]}"
                     )
-
-            levels = pd.Index(term.levels).rename(group)  # a new Index: the design's stays as it is
-            b_k = np.asarray(b_k, dtype=float).reshape(len(levels), q)
-            cond_k = np.asarray(cond_k, dtype=float).reshape(len(levels), q, q)
-            sd_k = np.sqrt(np.clip(np.diagonal(cond_k, axis1=1, axis2=2), 0.0, None))
-            modes.setdefault(group, []).append(pd.DataFrame(b_k, index=levels, columns=columns))
-            mode_sds.setdefault(group, []).append(pd.DataFrame(sd_k, index=levels, columns=columns))
-            ngroups.setdefault(group, len(levels))
-
-        variance_components["Residual"] = scale
-        rows.append({"grp": "Residual", "var1": None, "var2": None, "vcov": scale, "sdcor": sigma})
-        # Object columns keep None (not NaN) where lme4 has NA: var2 of a variance, var1/var2 of
-        # the residual.
-        varcorr = pd.DataFrame(
-            {
-                "grp": pd.Series([r["grp"] for r in rows], dtype=object),
-                "var1": pd.Series([r["var1"] for r in rows], dtype=object),
-                "var2": pd.Series([r["var2"] for r in rows], dtype=object),
-                "vcov": pd.Series([r["vcov"] for r in rows], dtype=float),
-                "sdcor": pd.Series([r["sdcor"] for r in rows], dtype=float),
-            }
-        )
-        varcov = varcorr.drop(columns="sdcor")
+            ngroups.setdefault(group, len(term.levels))
 
         objective = float(core["objective"])
         n_theta = int(theta.size)
@@ -356,7 +296,6 @@ class LmmResult:
                 np.asarray(core.get("scaled_gradient", np.empty(0)), dtype=float)
             ).ravel(),
         )
-        row_index = design.row_index
         fitted = np.asarray(core["fitted"], dtype=float).ravel()
         resid = np.asarray(core["resid"], dtype=float).ravel()
         if fitted.size != nobs or resid.size != nobs:
@@ -369,29 +308,160 @@ class LmmResult:
             method=method,
             nobs=nobs,
             llf=-objective / 2.0,
-            fe_params=fe_params,
-            bse=bse,
-            tvalues=tvalues,
-            fe_cov=fe_cov,
-            random_effects={g: _merge_blocks(g, frames) for g, frames in modes.items()},
-            random_effects_se={g: _merge_blocks(g, frames) for g, frames in mode_sds.items()},
-            variance_components=variance_components,
-            varcorr=varcorr,
-            varcov=varcov,
             theta=theta,
             theta_names=tuple(theta_names),
-            scale=scale,
+            scale=sigma * sigma,
             sigma=sigma,
             aic=objective + 2.0 * npar,
             bic=objective + math.log(nobs) * npar,
             ngroups=ngroups,
             converged=converged,
             is_singular=bool(np.any(theta[lower == 0.0] < SINGULAR_TOLERANCE)),
-            fittedvalues=pd.Series(fitted, index=row_index, dtype=float),
-            resid=pd.Series(resid, index=row_index, dtype=float),
             optimization=optimization,
             design=design,
+            _arrays=_CoreArrays(beta, beta_cov, b_list, cond_list, fitted, resid),
         )
+
+    # --- labelled attributes, built on first access -------------------------------------------
+
+    @functools.cached_property
+    def _fixed_names(self) -> list[str]:
+        return [str(name) for name in self.design.fixed_names]
+
+    @functools.cached_property
+    def fe_params(self) -> pd.Series:
+        """Fixed-effect estimates β̂, indexed by name."""
+        return pd.Series(self._arrays.beta, index=self._fixed_names, dtype=float)
+
+    @functools.cached_property
+    def bse(self) -> pd.Series:
+        """Standard errors of β̂: the square roots of the diagonal of ``fe_cov``."""
+        values = np.sqrt(np.clip(np.diag(self._arrays.beta_cov), 0.0, None))
+        return pd.Series(values, index=self._fixed_names, dtype=float)
+
+    @functools.cached_property
+    def tvalues(self) -> pd.Series:
+        """t values β̂ / SE."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.fe_params / self.bse
+
+    @functools.cached_property
+    def fe_cov(self) -> pd.DataFrame:
+        """cov(β̂) = σ² (R_Xᵀ R_X)⁻¹, p × p, labelled."""
+        names = self._fixed_names
+        return pd.DataFrame(self._arrays.beta_cov, index=names, columns=names, dtype=float)
+
+    @functools.cached_property
+    def _variance_tables(self) -> tuple[dict[str, float | pd.DataFrame], pd.DataFrame]:
+        terms = tuple(self.design.terms)
+        slices, _ = _theta_layout([len(term.columns) for term in terms])
+        names = _unique_names([str(term.group) for term in terms])
+        scale, theta = self.scale, self.theta
+        variance_components: dict[str, float | pd.DataFrame] = {}
+        grp: list[str] = []
+        var1: list[str | None] = []
+        var2: list[str | None] = []
+        vcov: list[float] = []
+        sdcor: list[float] = []
+        for term, name, sl in zip(terms, names, slices, strict=True):
+            columns = [str(c) for c in term.columns]
+            q = len(columns)
+            lam = _relative_factor(theta[sl], q)
+            cov = scale * lam @ lam.T
+            corr = _correlation(cov)
+            variance_components[name] = (
+                float(cov[0, 0]) if q == 1 else pd.DataFrame(cov, index=columns, columns=columns)
+            )
+            for i in range(q):
+                grp.append(name)
+                var1.append(columns[i])
+                var2.append(None)
+                vcov.append(float(cov[i, i]))
+                sdcor.append(math.sqrt(max(cov[i, i], 0.0)))
+            for i in range(q):
+                for j in range(i + 1, q):
+                    grp.append(name)
+                    var1.append(columns[i])
+                    var2.append(columns[j])
+                    vcov.append(float(cov[i, j]))
+                    sdcor.append(float(corr[i, j]))
+        variance_components["Residual"] = scale
+        grp.append("Residual")
+        var1.append(None)
+        var2.append(None)
+        vcov.append(scale)
+        sdcor.append(self.sigma)
+        # Object columns keep None (not NaN) where lme4 has NA: var2 of a variance, var1/var2 of
+        # the residual.
+        varcorr = pd.DataFrame(
+            {
+                "grp": pd.Series(grp, dtype=object),
+                "var1": pd.Series(var1, dtype=object),
+                "var2": pd.Series(var2, dtype=object),
+                "vcov": np.array(vcov, dtype=float),
+                "sdcor": np.array(sdcor, dtype=float),
+            }
+        )
+        return variance_components, varcorr
+
+    @functools.cached_property
+    def variance_components(self) -> dict[str, float | pd.DataFrame]:
+        """Group → variance (float, scalar term) or covariance matrix (DataFrame, vector term),
+        and ``"Residual"`` → σ²."""
+        return self._variance_tables[0]
+
+    @functools.cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """lme4's ``as.data.frame(VarCorr(fm))``: ``grp, var1, var2, vcov, sdcor``."""
+        return self._variance_tables[1]
+
+    @functools.cached_property
+    def varcov(self) -> pd.DataFrame:
+        """The rows of ``varcorr`` without ``sdcor``: every variance and covariance."""
+        return self.varcorr.drop(columns="sdcor")
+
+    @functools.cached_property
+    def _mode_tables(
+        self,
+    ) -> tuple[dict[str, pd.Series | pd.DataFrame], dict[str, pd.Series | pd.DataFrame]]:
+        modes: dict[str, list[pd.DataFrame]] = {}
+        mode_sds: dict[str, list[pd.DataFrame]] = {}
+        for term, b_k, cond_k in zip(
+            self.design.terms, self._arrays.b, self._arrays.b_cond_cov, strict=True
+        ):
+            group = str(term.group)
+            columns = [str(c) for c in term.columns]
+            q = len(columns)
+            levels = pd.Index(term.levels).rename(group)  # a new Index: the design's stays as it is
+            b_k = np.asarray(b_k, dtype=float).reshape(len(levels), q)
+            cond_k = np.asarray(cond_k, dtype=float).reshape(len(levels), q, q)
+            sd_k = np.sqrt(np.clip(np.diagonal(cond_k, axis1=1, axis2=2), 0.0, None))
+            modes.setdefault(group, []).append(pd.DataFrame(b_k, index=levels, columns=columns))
+            mode_sds.setdefault(group, []).append(pd.DataFrame(sd_k, index=levels, columns=columns))
+        return (
+            {g: _merge_blocks(g, frames) for g, frames in modes.items()},
+            {g: _merge_blocks(g, frames) for g, frames in mode_sds.items()},
+        )
+
+    @functools.cached_property
+    def random_effects(self) -> dict[str, pd.Series | pd.DataFrame]:
+        """Grouping factor → conditional modes (lme4's ``ranef``)."""
+        return self._mode_tables[0]
+
+    @functools.cached_property
+    def random_effects_se(self) -> dict[str, pd.Series | pd.DataFrame]:
+        """Grouping factor → conditional SDs of the modes (lme4's ``condVar``)."""
+        return self._mode_tables[1]
+
+    @functools.cached_property
+    def fittedvalues(self) -> pd.Series:
+        """Conditional fitted values Xβ̂ + Zb̂, indexed by the rows used."""
+        return pd.Series(self._arrays.fitted, index=self.design.row_index, dtype=float)
+
+    @functools.cached_property
+    def resid(self) -> pd.Series:
+        """Conditional residuals y − Xβ̂ − Zb̂, indexed by the rows used."""
+        return pd.Series(self._arrays.resid, index=self.design.row_index, dtype=float)
 
     def _repr_html_(self) -> str:
         """The summary as HTML tables, for Jupyter (see :func:`interlace._html.summary_html`)."""

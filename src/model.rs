@@ -871,8 +871,9 @@ impl Model {
 
     /// Updates L(θ) in place; with `use_sparse` (the objective only) and a sparse plan (see
     /// [`SparseRest`]) the rest block is factored sparse instead, leaving L₂₂ and L₃₂ stale and
-    /// returning log|L₂₂|²; with `use_sparse` and a single term, L₃₁ is not stored.
-    fn update_l_with(&mut self, theta: &[f64], use_sparse: bool) -> CoreResult<Option<f64>> {
+    /// returning log|L₂₂|²; with `use_sparse` and a single term, L₃₁ is not stored, and with
+    /// q ≤ 2 neither is L₁₁ (log|L₁₁|² is returned instead).
+    fn update_l_with(&mut self, theta: &[f64], use_sparse: bool) -> CoreResult<Logdets> {
         self.set_theta(theta)?;
         let mut rest_logdet = None;
         let p1 = self.p + 1;
@@ -886,6 +887,17 @@ impl Model {
             // One term, objective only: L₃₃L₃₃ᵀ = A₃₃ − Σⱼ L₃₁ⱼL₃₁ⱼᵀ accumulated level by level,
             // without storing L₃₁ (one pass over A₁₁ and A₃₁ instead of three).
             l.l33.as_mut().copy_from(a.a33.as_ref());
+            if q1 <= 2 && p1 <= LDL_MAX_P1 {
+                let first = match q1 {
+                    1 => fused_ldl::<1>(a, lam1, l1, p1, &mut l.l33),
+                    _ => fused_ldl::<2>(a, lam1, l1, p1, &mut l.l33),
+                };
+                if let Some(first) = first {
+                    return self.factor_l33(Logdets { first: Some(first), rest: None });
+                }
+                // A pivot that is not finite and positive: the Cholesky pass below names it.
+                l.l33.as_mut().copy_from(a.a33.as_ref());
+            }
             let (w, l11, l33) = (&mut self.level_work, &mut l.l11, &mut l.l33);
             match q1 {
                 1 => fused_single_term::<1>(a, lam1, 1, l1, p1, l11, w, l33),
@@ -893,7 +905,7 @@ impl Model {
                 3 => fused_single_term::<3>(a, lam1, 3, l1, p1, l11, w, l33),
                 _ => fused_single_term::<0>(a, lam1, q1, l1, p1, l11, w, l33),
             }?;
-            return self.factor_l33(None);
+            return self.factor_l33(Logdets::default());
         }
 
         // L₁₁: per level, chol(λ₁ᵀ A₁₁ⱼ λ₁ + I).
@@ -1019,21 +1031,21 @@ impl Model {
                 _ => matmul(l.l33.as_mut(), Accum::Add, l.l32t.transpose(), l.l32t.as_ref(), -1.0, Par::Seq),
             }
         }
-        self.factor_l33(rest_logdet)
+        self.factor_l33(Logdets { first: None, rest: rest_logdet })
     }
 
-    /// L₃₃ = chol of the [X y] block left in `l.l33`; passes `rest_logdet` through.
-    fn factor_l33(&mut self, rest_logdet: Option<f64>) -> CoreResult<Option<f64>> {
+    /// L₃₃ = chol of the [X y] block left in `l.l33`; passes `known` through.
+    fn factor_l33(&mut self, known: Logdets) -> CoreResult<Logdets> {
         let l = &mut self.l;
         let stack = MemStack::new(&mut self.chol_buffer.buffer);
         match cholesky_in_place(l.l33.as_mut(), Default::default(), Par::Seq, stack, Default::default()) {
-            Ok(_) => Ok(rest_logdet),
+            Ok(_) => Ok(known),
             Err(faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index }) => {
                 if index == self.p {
                     // r² = 0: the response is reproduced exactly. Keep going with r = 0 so the
                     // objective reports −∞ deviance instead of failing.
                     l.l33[(self.p, self.p)] = 0.0;
-                    Ok(rest_logdet)
+                    Ok(known)
                 } else {
                     Err(CoreError::NotPositiveDefinite {
                         block: "fixed-effects".into(),
@@ -1046,29 +1058,34 @@ impl Model {
 
     /// log|L_θ|² (random-effects part only), from the dense L₂₂.
     fn logdet_re(&self) -> f64 {
-        self.logdet_re_with(None)
+        self.logdet_re_with(Logdets::default())
     }
 
-    /// log|L_θ|², with log|L₂₂|² given when the sparse rest block was factored.
-    fn logdet_re_with(&self, rest_logdet: Option<f64>) -> f64 {
+    /// log|L_θ|², with log|L₁₁|² and log|L₂₂|² taken from `known` where the objective's pass
+    /// computed them instead of storing L₁₁ or a dense L₂₂.
+    fn logdet_re_with(&self, known: Logdets) -> f64 {
         let q1 = self.terms[0].q;
-        let mut s = sum_ln((0..self.terms[0].n_levels * q1).map(|i| self.l.l11[i * q1 + i % q1]));
-        if let Some(rest) = rest_logdet {
-            return 2.0 * s + rest;
+        let first = match known.first {
+            Some(first) => first,
+            None => 2.0 * sum_ln((0..self.terms[0].n_levels * q1).map(|i| self.l.l11[i * q1 + i % q1])),
+        };
+        if let Some(rest) = known.rest {
+            return first + rest;
         }
+        let mut s = 0.0;
         for d in 0..self.m {
             s += self.l.l22[(d, d)].ln();
         }
-        2.0 * s
+        first + 2.0 * s
     }
 
     /// The objective from the current factor.
-    fn objective_from_l(&self, rest_logdet: Option<f64>) -> f64 {
+    fn objective_from_l(&self, known: Logdets) -> f64 {
         let n = self.n as f64;
         let p = self.p;
         let r = self.l.l33[(p, p)];
         let r2 = r * r;
-        let ld = self.logdet_re_with(rest_logdet);
+        let ld = self.logdet_re_with(known);
         if self.reml {
             let mut ldx = 0.0;
             for c in 0..p {
@@ -1113,14 +1130,14 @@ impl Model {
 
     /// REML criterion or deviance (−2 log-likelihood) profiled over β and σ.
     pub fn objective(&mut self, theta: &[f64]) -> CoreResult<f64> {
-        let rest_logdet = self.update_l_with(theta, true)?;
-        Ok(self.objective_from_l(rest_logdet))
+        let known = self.update_l_with(theta, true)?;
+        Ok(self.objective_from_l(known))
     }
 
     /// Everything at θ: β, σ, cov(β), conditional modes and variances, fitted values.
     pub fn estimates(&mut self, theta: &[f64]) -> CoreResult<Estimates> {
         self.update_l(theta)?;
-        let objective = self.objective_from_l(None);
+        let objective = self.objective_from_l(Logdets::default());
         let (n, p, m) = (self.n, self.p, self.m);
         let l = &self.l;
         let t1 = &self.terms[0];
@@ -1493,6 +1510,96 @@ fn sum_ln(values: impl Iterator<Item = f64>) -> f64 {
     s + prod.ln()
 }
 
+/// log-determinants the objective's pass computed itself (see [`Model::update_l_with`]):
+/// log|L₁₁|² when L₁₁ was not stored, log|L₂₂|² when the rest block was factored sparse.
+#[derive(Clone, Copy, Debug, Default)]
+struct Logdets {
+    first: Option<f64>,
+    rest: Option<f64>,
+}
+
+/// Largest p + 1 the square-root-free pass [`fused_ldl`] handles (its accumulator is local).
+const LDL_MAX_P1: usize = 8;
+
+/// The single-term objective's pass for q = `Q` ≤ 2 without square roots or stored factors.
+///
+/// Per level j, M = λᵀA₁₁ⱼλ + I = U D Uᵀ with U unit lower triangular and D = diag(d) (every
+/// pivot d ≥ 1, since M ≥ I); with v = λᵀA₁₃ⱼ and u = U⁻¹v, the Cholesky pass's L₃₁ⱼL₃₁ⱼᵀ is
+/// Σ_c u_c u_cᵀ / d_c, subtracted from the lower triangle of `l33` (which holds A₃₃), and
+/// log|L₁₁|² = Σ ln d. The log is taken once: the pivots' binary exponents are summed as
+/// integers and their mantissas multiplied, renormalised every 256 levels. Returns None when a
+/// pivot is not finite and positive (`l33` is then garbage; the caller redoes the pass with
+/// Cholesky, which names the level).
+fn fused_ldl<const Q: usize>(a: &Crossprod, lam1: &[f64], l1: usize, p1: usize, l33: &mut Mat<f64>) -> Option<f64> {
+    debug_assert!(Q == 1 || Q == 2);
+    debug_assert!(p1 <= LDL_MAX_P1);
+    let mut cols: [&[f64]; LDL_MAX_P1] = [&[]; LDL_MAX_P1];
+    for (t, col) in cols.iter_mut().enumerate().take(p1) {
+        *col = a.a31t.col(t).try_as_col_major().unwrap().as_slice();
+    }
+    let cols = &cols[..p1];
+    let mut acc = [0.0f64; LDL_MAX_P1 * LDL_MAX_P1];
+    let (mut mantissa, mut exponent) = (1.0f64, 0i64);
+    let mut ok = true;
+    let (l00, l10, l11) = if Q == 1 { (lam1[0], 0.0, 0.0) } else { (lam1[0], lam1[1], lam1[3]) };
+    let mut x0 = [0.0f64; LDL_MAX_P1];
+    let mut x1 = [0.0f64; LDL_MAX_P1];
+    for (j, block) in a.a11.chunks_exact(Q * Q).enumerate().take(l1) {
+        let (d0, d1, l) = if Q == 1 {
+            (l00 * l00 * block[0] + 1.0, 1.0, 0.0)
+        } else {
+            let (a00, a10, a11) = (block[0], block[1], block[3]);
+            let b00 = a00 * l00 + a10 * l10;
+            let b10 = a10 * l00 + a11 * l10;
+            let d0 = l00 * b00 + l10 * b10 + 1.0;
+            let m10 = l11 * b10;
+            let l = m10 / d0;
+            (d0, l11 * l11 * a11 + 1.0 - l * m10, l)
+        };
+        let product = d0 * d1;
+        ok &= (f64::MIN_POSITIVE..f64::INFINITY).contains(&product) & (d0 > 0.0);
+        let bits = product.to_bits();
+        exponent += ((bits >> 52) & 0x7ff) as i64 - 1023;
+        mantissa *= f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+        if j % 256 == 255 {
+            let bits = mantissa.to_bits();
+            exponent += ((bits >> 52) & 0x7ff) as i64 - 1023;
+            mantissa = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+        }
+        let (r0, r1) = (1.0 / d0, 1.0 / d1);
+        for t in 0..p1 {
+            if Q == 1 {
+                x0[t] = l00 * cols[t][j];
+            } else {
+                let (v0, v1) = (cols[t][2 * j], cols[t][2 * j + 1]);
+                let w0 = l00 * v0 + l10 * v1;
+                x0[t] = w0;
+                x1[t] = l11 * v1 - l * w0;
+            }
+        }
+        for t2 in 0..p1 {
+            let (s0, s1) = (x0[t2] * r0, x1[t2] * r1);
+            for t1 in t2..p1 {
+                let mut v = x0[t1] * s0;
+                if Q == 2 {
+                    v += x1[t1] * s1;
+                }
+                acc[t2 * LDL_MAX_P1 + t1] += v;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    for t2 in 0..p1 {
+        let col = l33.as_mut().col_mut(t2).try_as_col_major_mut().unwrap().as_slice_mut();
+        for t1 in t2..p1 {
+            col[t1] -= acc[t2 * LDL_MAX_P1 + t1];
+        }
+    }
+    Some(mantissa.ln() + exponent as f64 * std::f64::consts::LN_2)
+}
+
 /// The single-term objective's pass over the levels (see `update_l_with`): L₁₁ⱼ into `l11`,
 /// L₃₁ⱼ into the workspace `w`, and L₃₃ −= L₃₁ⱼL₃₁ⱼᵀ. `Q` is q as a constant (0: use `q`), so
 /// the small kernels unroll for the common q of 1–3.
@@ -1832,7 +1939,7 @@ mod tests {
                     }
                     let sparse = model.objective(&theta).unwrap();
                     model.update_l(&theta).unwrap();
-                    let dense = model.objective_from_l(None);
+                    let dense = model.objective_from_l(Logdets::default());
                     assert!((sparse - dense).abs() < 1e-10 * dense.abs(), "seed {seed} reml {reml}: {sparse} vs {dense}");
                     // A clone factors on its own workspace and agrees.
                     let mut clone = model.clone();
@@ -1841,7 +1948,7 @@ mod tests {
                     clone.parallel_schur = true;
                     assert_eq!(clone.objective(&theta).unwrap(), sparse);
                     clone.update_l(&theta).unwrap();
-                    assert_eq!(clone.objective_from_l(None), dense);
+                    assert_eq!(clone.objective_from_l(Logdets::default()), dense);
                 }
             }
         }
@@ -1873,10 +1980,33 @@ mod tests {
                     let theta = random_theta(&mut g, &model);
                     let fused = model.objective(&theta).unwrap();
                     model.update_l(&theta).unwrap();
-                    let stored = model.objective_from_l(None);
+                    let stored = model.objective_from_l(Logdets::default());
                     let (brute, _, _) = dense_objective(&d, &theta, reml);
                     assert!((fused - stored).abs() < 1e-11 * stored.abs(), "q {q}: {fused} vs {stored}");
                     assert!((fused - brute).abs() < 1e-8 * brute.abs(), "q {q}: {fused} vs {brute}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn square_root_free_pass_equals_the_cholesky_pass() {
+        // Thousands of levels (the pivots' mantissas are renormalised every 256), θ from 10⁻⁴
+        // to 10³ (pivots near 1 and near 10⁶ per level), and p + 1 above the pass's limit.
+        for (seed, q, levels, p) in [(5u64, 1usize, 3000usize, 2usize), (6, 2, 1500, 2), (7, 2, 300, LDL_MAX_P1)] {
+            let mut d = random_design_with(seed, 4 * levels, &[(q, levels)]);
+            if p > d.x.ncols() {
+                let mut g = Lcg(seed);
+                d.x = Mat::from_fn(d.y.len(), p, |i, c| if c == 0 { 1.0 } else { g.normal() + (i % (c + 1)) as f64 });
+            }
+            for reml in [false, true] {
+                let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), reml).unwrap();
+                for scale in [1e-4, 0.3, 1.0, 1e3] {
+                    let theta: Vec<f64> = model.lower_bounds().iter().map(|&lb| if lb == 0.0 { scale } else { 0.4 * scale }).collect();
+                    let fused = model.objective(&theta).unwrap();
+                    model.update_l(&theta).unwrap();
+                    let stored = model.objective_from_l(Logdets::default());
+                    assert!((fused - stored).abs() < 1e-11 * stored.abs(), "q {q} p {p} θ×{scale}: {fused} vs {stored}");
                 }
             }
         }

@@ -143,6 +143,94 @@ def test_term_spec_rebuilds_z_on_new_data() -> None:
     np.testing.assert_array_equal(rebuilt[list(term.columns)].to_numpy(float), term.z[[2, 3]])
 
 
+NUMERIC_FORMULAS = [
+    "y ~ x",
+    "y ~ 0 + x",
+    "y ~ x - 1",
+    "y ~ 1",
+    "y ~ z + x + site",
+    "y ~ x + 1 + x",
+    "y ~ `x two` + small + single",
+    "y ~ x + (1 + x | subject)",
+    "y ~ x + (x | subject)",
+    "y ~ z + (0 + x | subject) + (1 | site)",
+    "y ~ 1 + (x || subject)",
+    "y ~ x + (z + `x two` | subject)",
+]
+
+
+def numeric_frame() -> pd.DataFrame:
+    """make_frame with more numeric dtypes: int64, uint8, float32, a name with a space."""
+    frame = make_frame(3)
+    return frame.assign(
+        **{
+            "x two": frame["x"] ** 2,
+            "small": (np.arange(len(frame)) % 7).astype(np.uint8),
+            "single": frame["z"].astype(np.float32),
+        }
+    )
+
+
+@pytest.mark.parametrize("formula", NUMERIC_FORMULAS)
+def test_numeric_terms_build_what_formulaic_builds(
+    formula: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Intercepts and numeric columns skip formulaic's materializer; the arrays, names and
+    # specs must be those formulaic gives, bit for bit.
+    from interlace import design as design_module
+
+    frame = numeric_frame()
+    frame.loc[4, "x"] = np.nan  # a dropped row: the frames must align after na.omit
+    groups = None if "|" in formula else "subject"
+    fast = build_design_from(formula, frame, groups=groups)
+    assert isinstance(fast._fixed_spec, design_module._LazySpec)
+    assert all(isinstance(term._spec, design_module._LazySpec) for term in fast.terms)
+    monkeypatch.setattr(design_module, "_numeric_terms", lambda part, frame: None)
+    slow = build_design_from(formula, frame, groups=groups)
+    assert not isinstance(slow._fixed_spec, design_module._LazySpec)
+    assert fast.fixed_names == slow.fixed_names
+    np.testing.assert_array_equal(fast.y, slow.y)
+    np.testing.assert_array_equal(fast.x, slow.x)
+    assert fast.x.flags.f_contiguous and not fast.x.flags.writeable
+    assert [t.label for t in fast.terms] == [t.label for t in slow.terms]
+    for ours, theirs in zip(fast.terms, slow.terms, strict=True):
+        assert ours.columns == theirs.columns
+        np.testing.assert_array_equal(ours.z, theirs.z)
+        assert ours.z.flags.f_contiguous and not ours.z.flags.writeable
+        assert ours.spec.column_names == theirs.spec.column_names
+    new = numeric_frame().iloc[[9, 2, 30]]
+    assert fast.fixed_spec.column_names == slow.fixed_spec.column_names
+    np.testing.assert_array_equal(
+        fast.fixed_spec.get_model_matrix(new).to_numpy(float),
+        slow.fixed_spec.get_model_matrix(new).to_numpy(float),
+    )
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ flag",  # a boolean column is a factor to formulaic
+        "y ~ counts",  # a nullable integer column is an extension type
+        "y ~ x:z",
+        "y ~ np.log(z)",
+        "y ~ condition",
+        "np.log(z) ~ x",
+        "y ~ 1 + (np.log(z) | subject)",
+    ],
+)
+def test_terms_that_need_formulaic_are_left_to_it(formula: str) -> None:
+    from interlace import design as design_module
+
+    frame = make_frame().assign(
+        flag=lambda f: f["x"] > 0, counts=lambda f: pd.array(f["site"], dtype="Int64")
+    )
+    design = build_design_from(formula, frame, groups=None if "|" in formula else "subject")
+    lazy = [isinstance(design._fixed_spec, design_module._LazySpec)] + [
+        isinstance(term._spec, design_module._LazySpec) for term in design.terms
+    ]
+    assert not all(lazy)
+
+
 # --- random-effects terms: lme4 semantics ------------------------------------------------------
 
 

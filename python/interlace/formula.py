@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from formulaic import Formula
+from formulaic.parser.types import Factor, Term
 
 from interlace.exceptions import FormulaError, InputTypeError
 
@@ -356,7 +357,7 @@ def _normalise_lhs(lhs_text: str, quoted: str) -> tuple[str, bool]:
     """Make the intercept of a term's left-hand side explicit, as lme4's model.matrix does."""
     try:
         lhs_formula = Formula(lhs_text)
-        terms = [str(term) for term in lhs_formula]
+        terms = [_term_text(term) for term in lhs_formula]
     except Exception as error:  # formulaic raises many types; all mean "cannot parse"
         raise FormulaError(
             f"{quoted} has a left-hand side '{lhs_text}' that cannot be parsed: "
@@ -371,6 +372,17 @@ def _normalise_lhs(lhs_text: str, quoted: str) -> tuple[str, bool]:
         )
     lhs = " + ".join(["1" if intercept else "0", *others])
     return lhs, intercept
+
+
+def _term_text(term: Term) -> str:
+    """A formulaic term written back as formula text: a column name that is not an identifier
+    keeps its backticks (``x two`` is written `` `x two` ``)."""
+    parts = []
+    for factor in term.factors:
+        expr = str(factor.expr)
+        lookup = factor.eval_method is Factor.EvalMethod.LOOKUP
+        parts.append(f"`{expr}`" if lookup and not expr.isidentifier() else expr)
+    return ":".join(parts)
 
 
 def _expand_grouping(

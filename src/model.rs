@@ -27,7 +27,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltParams};
 use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
-use faer::{Accum, Mat, MatRef, Par, Spec};
+use faer::{Accum, Mat, MatMut, MatRef, Par, Spec};
 
 use crate::dense::{
     chol_small, lambda_left_rows, lambda_right_cols, solve_lower_small, solve_upper_small,
@@ -113,6 +113,12 @@ pub(crate) struct Crossprod {
     a21_row_ptr: Vec<usize>,
     a21_by_row: Vec<usize>,
     a21_block_end: Vec<usize>,
+    /// The same entries by panel of [`SCHUR_PANEL`] rest rows: panel k's entries are the runs
+    /// `schur_runs[schur_run_ptr[k]..schur_run_ptr[k+1]]`, each a range of consecutive entry
+    /// indices of one block column, ascending. A dense Schur complement is built one panel at
+    /// a time, reading each block column once per panel instead of once per column.
+    schur_run_ptr: Vec<usize>,
+    schur_runs: Vec<(usize, usize)>,
     /// Levels of a scalar term 1 with equal A₁₁ⱼ, whose Schur updates are summed once (see
     /// [`SchurGroup`]); their entries are left out of `a21_by_row`.
     schur_groups: Vec<SchurGroup>,
@@ -627,6 +633,8 @@ impl Model {
         let mut a21_row_ptr = vec![0usize; m + 1];
         let mut a21_by_row = Vec::new();
         let mut a21_block_end = Vec::new();
+        let mut schur_run_ptr = vec![0usize];
+        let mut schur_runs: Vec<(usize, usize)> = Vec::new();
         let mut schur_groups = Vec::new();
         let mut a22 = Mat::<f64>::zeros(m, m);
         let mut a32t = Mat::<f64>::zeros(m, p + 1);
@@ -702,6 +710,25 @@ impl Model {
                     fill[r] += 1;
                 }
             }
+            let mut entries = Vec::new();
+            for b0 in (0..m).step_by(SCHUR_PANEL) {
+                let b1 = (b0 + SCHUR_PANEL).min(m);
+                entries.clear();
+                entries.extend_from_slice(&a21_by_row[a21_row_ptr[b0]..a21_row_ptr[b1]]);
+                entries.sort_unstable();
+                let panel_start = schur_runs.len();
+                for &e in &entries {
+                    // A run continues while its entries are consecutive in one block column.
+                    let extends = schur_runs.len() > panel_start
+                        && schur_runs.last().is_some_and(|&(_, stop)| stop == e && a21_block_end[e - 1] == a21_block_end[e]);
+                    if extends {
+                        schur_runs.last_mut().unwrap().1 = e + 1;
+                    } else {
+                        schur_runs.push((e, e + 1));
+                    }
+                }
+                schur_run_ptr.push(schur_runs.len());
+            }
 
             for i in 0..n {
                 for (k, tk) in terms.iter().enumerate().skip(1) {
@@ -737,6 +764,8 @@ impl Model {
             a21_row_ptr,
             a21_by_row,
             a21_block_end,
+            schur_run_ptr,
+            schur_runs,
             schur_groups,
             a22,
             a31t,
@@ -980,16 +1009,15 @@ impl Model {
             } else {
                 let l21_vals = &l.l21_vals;
                 if matches!(self.par, Par::Rayon(_)) || self.parallel_schur {
-                    // Columns are independent: on rayon's threads.
+                    // Panels are independent: on rayon's threads.
                     use rayon::prelude::*;
-                    l.l22.as_mut().par_col_iter_mut().enumerate().for_each(|(b, col)| {
-                        let col = col.try_as_col_major_mut().unwrap().as_slice_mut();
-                        schur_column(a, l21_vals, scale, lam1, q1, all_scalar, b, col);
+                    l.l22.as_mut().par_col_chunks_mut(SCHUR_PANEL).enumerate().for_each(|(k, panel)| {
+                        schur_panel(a, l21_vals, scale, lam1, q1, all_scalar, k, panel);
                     });
                 } else {
-                    for b in 0..m {
-                        let col = l.l22.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
-                        schur_column(a, l21_vals, scale, lam1, q1, all_scalar, b, col);
+                    for (k, b0) in (0..m).step_by(SCHUR_PANEL).enumerate() {
+                        let width = SCHUR_PANEL.min(m - b0);
+                        schur_panel(a, l21_vals, scale, lam1, q1, all_scalar, k, l.l22.as_mut().subcols_mut(b0, width));
                     }
                 }
                 let stack = MemStack::new(&mut self.chol_buffer.buffer);
@@ -1368,6 +1396,75 @@ impl Model {
 /// `scale` (the rest λ's); otherwise `col` must hold column b of Λ_restᵀA₂₂Λ_rest already.
 #[allow(clippy::too_many_arguments)]
 fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1: usize, from_a22: bool, b: usize, col: &mut [f64]) {
+    schur_column_start(a, scale, lam1, from_a22, b, col);
+    let entries = &a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]];
+    match q1 {
+        1 => subtract_block_products::<1>(a, l21_vals, entries, col),
+        2 => subtract_block_products::<2>(a, l21_vals, entries, col),
+        3 => subtract_block_products::<3>(a, l21_vals, entries, col),
+        _ => {
+            for &e in entries {
+                let vb = &l21_vals[e * q1..(e + 1) * q1];
+                for ia in e..a.a21_block_end[e] {
+                    let va = &l21_vals[ia * q1..(ia + 1) * q1];
+                    let mut dot = 0.0;
+                    for c in 0..q1 {
+                        dot += va[c] * vb[c];
+                    }
+                    col[a.a21_rows[ia]] -= dot;
+                }
+            }
+        }
+    }
+}
+
+/// Columns k·[`SCHUR_PANEL`] onwards of S (see [`schur_column`]) into `panel`, its full-height
+/// columns: each column's A₂₂ part and groups first, then the scattered products run by run,
+/// so a block column is read once per panel. The order of the updates of each entry is that
+/// of [`schur_column`], so the result is the same to the last bit.
+#[allow(clippy::too_many_arguments)]
+fn schur_panel(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1: usize, from_a22: bool, k: usize, mut panel: MatMut<'_, f64>) {
+    let b0 = k * SCHUR_PANEL;
+    for c in 0..panel.ncols() {
+        let col = panel.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
+        schur_column_start(a, scale, lam1, from_a22, b0 + c, col);
+    }
+    let runs = &a.schur_runs[a.schur_run_ptr[k]..a.schur_run_ptr[k + 1]];
+    match q1 {
+        1 => subtract_run_products::<1>(a, l21_vals, runs, b0, 1, panel),
+        2 => subtract_run_products::<2>(a, l21_vals, runs, b0, 2, panel),
+        3 => subtract_run_products::<3>(a, l21_vals, runs, b0, 3, panel),
+        _ => subtract_run_products::<0>(a, l21_vals, runs, b0, q1, panel),
+    }
+}
+
+/// The scattered part of [`schur_panel`]: for each entry e of a run, column a21_rows[e] of S
+/// loses L₂₁[r]·L₂₁[e] at every row r from e to the end of e's block column. `Q` is q₁ as a
+/// constant (0: use `q`).
+#[inline(always)]
+fn subtract_run_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], runs: &[(usize, usize)], b0: usize, q: usize, mut panel: MatMut<'_, f64>) {
+    let q = if Q == 0 { q } else { Q };
+    for &(first, stop) in runs {
+        let end = a.a21_block_end[first];
+        for e in first..stop {
+            let col = panel.as_mut().col_mut(a.a21_rows[e] - b0).try_as_col_major_mut().unwrap().as_slice_mut();
+            let vb = &l21_vals[e * q..(e + 1) * q];
+            let rows = &a.a21_rows[e..end];
+            let vals = &l21_vals[e * q..end * q];
+            for (&row, va) in rows.iter().zip(vals.chunks_exact(q)) {
+                let mut dot = 0.0;
+                for c in 0..q {
+                    dot += va[c] * vb[c];
+                }
+                col[row] -= dot;
+            }
+        }
+    }
+}
+
+/// Column b of S before the scattered products: Λ_restᵀA₂₂Λ_rest (from A₂₂ with `from_a22`,
+/// else already in `col`), + I, − the Schur groups' updates.
+fn schur_column_start(a: &Crossprod, scale: &[f64], lam1: &[f64], from_a22: bool, b: usize, col: &mut [f64]) {
     let m = col.len();
     if from_a22 {
         let src = a.a22.col(b).try_as_col_major().unwrap().as_slice();
@@ -1385,25 +1482,6 @@ fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1
             let src = group.s.col(b).try_as_col_major().unwrap().as_slice();
             for r in b..m {
                 col[r] -= w * scale[r] * src[r];
-            }
-        }
-    }
-    let entries = &a.a21_by_row[a.a21_row_ptr[b]..a.a21_row_ptr[b + 1]];
-    match q1 {
-        1 => subtract_block_products::<1>(a, l21_vals, entries, col),
-        2 => subtract_block_products::<2>(a, l21_vals, entries, col),
-        3 => subtract_block_products::<3>(a, l21_vals, entries, col),
-        _ => {
-            for &e in entries {
-                let vb = &l21_vals[e * q1..(e + 1) * q1];
-                for ia in e..a.a21_block_end[e] {
-                    let va = &l21_vals[ia * q1..(ia + 1) * q1];
-                    let mut dot = 0.0;
-                    for c in 0..q1 {
-                        dot += va[c] * vb[c];
-                    }
-                    col[a.a21_rows[ia]] -= dot;
-                }
             }
         }
     }
@@ -1427,6 +1505,10 @@ fn subtract_block_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], entr
         }
     }
 }
+
+/// Rest rows per panel of the dense Schur build: 32 columns of S (256 KB for m = 1,000) stay
+/// in L2 while each block column's entries in the panel are applied to them.
+pub(crate) const SCHUR_PANEL: usize = 32;
 
 /// The memory the operating system reports as available (Linux `MemAvailable`), if known.
 pub(crate) fn available_memory_bytes() -> Option<u128> {
@@ -2009,6 +2091,35 @@ mod tests {
                     assert!((fused - stored).abs() < 1e-11 * stored.abs(), "q {q} p {p} θ×{scale}: {fused} vs {stored}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn schur_panels_equal_the_column_by_column_build() {
+        // 100 rest rows: panels of 32, 32, 32 and 4 columns; q₁ from 1 to 4 (the generic path).
+        for (seed, q) in [(11u64, 1usize), (12, 2), (13, 3), (14, 4)] {
+            let d = random_design_with(seed, 3000, &[(q, 150), (1, 100)]);
+            let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+            let theta = random_theta(&mut Lcg(seed), &model);
+            model.update_l(&theta).unwrap();
+            let (a, l21, scale, lam1) = (&model.a, &model.l.l21_vals, &model.rest_scale, &model.lambdas[0]);
+            let m = model.m;
+            let mut by_column = Mat::<f64>::zeros(m, m);
+            for b in 0..m {
+                let col = by_column.as_mut().col_mut(b).try_as_col_major_mut().unwrap().as_slice_mut();
+                schur_column(a, l21, scale, lam1, q, true, b, col);
+            }
+            let mut by_panel = Mat::<f64>::zeros(m, m);
+            for (k, b0) in (0..m).step_by(SCHUR_PANEL).enumerate() {
+                let width = SCHUR_PANEL.min(m - b0);
+                schur_panel(a, l21, scale, lam1, q, true, k, by_panel.as_mut().subcols_mut(b0, width));
+            }
+            for b in 0..m {
+                for r in b..m {
+                    assert_eq!(by_panel[(r, b)].to_bits(), by_column[(r, b)].to_bits(), "q {q} ({r}, {b})");
+                }
+            }
+            assert!(by_column[(m - 1, 0)] != 0.0 || by_column[(m - 1, 1)] != 0.0);
         }
     }
 

@@ -47,7 +47,7 @@ pub struct OptimizationRecord {
     pub converged: bool,
     /// Central differences of the objective at θ̂ (one-sided at an active bound).
     pub gradient: Vec<f64>,
-    /// lme4's scaled gradient at θ̂ (see [`scaled_gradient`]), per coordinate, NaN where not
+    /// lme4's scaled gradient at θ̂ (see [`derivatives`]), per coordinate, NaN where not
     /// computed; empty when the plain gradient is already small or the Hessian is not positive
     /// definite.
     pub scaled_gradient: Vec<f64>,
@@ -98,7 +98,7 @@ pub fn fit_interruptible(
     })?;
 
     let mut first_error: Option<CoreError> = None;
-    let mut outcome = minimize(&mut solver, model, &mut theta, &lower, &upper, interrupted, &mut first_error)?;
+    let (mut outcome, mut best) = minimize(&mut solver, model, &mut theta, &lower, &upper, interrupted, &mut first_error)?;
     let mut n_evals = outcome.n_eval;
 
     // A boundary optimum can be a false one: at θ with a zero diagonal the objective is often
@@ -122,11 +122,12 @@ pub fn fit_interruptible(
             }
         }
         for mut start in starts {
-            let again = minimize(&mut solver, model, &mut start, &lower, &upper, interrupted, &mut first_error)?;
+            let (again, again_best) = minimize(&mut solver, model, &mut start, &lower, &upper, interrupted, &mut first_error)?;
             n_evals += again.n_eval;
             if again.found_finite() && again.f < outcome.f {
                 theta = start;
                 outcome = again;
+                best = again_best;
             }
         }
     }
@@ -142,15 +143,12 @@ pub fn fit_interruptible(
         Status::InvalidArgs => ("invalid arguments", false),
         Status::AllocationFailed => ("allocation failed", false),
     };
-    let gradient = if options.convergence_check {
-        gradient(model, &theta, &lower)?
+    let (gradient, scaled_gradient) = if options.convergence_check {
+        // The objective at θ̂ is the optimiser's best value when θ̂ is that point, bit for bit.
+        let f0 = best.and_then(|(point, f)| (point == theta).then_some(f));
+        derivatives(model, &theta, &lower, f0)?
     } else {
-        vec![f64::NAN; theta.len()]
-    };
-    let scaled_gradient = if options.convergence_check && gradient.iter().any(|g| g.abs() > GRADIENT_TOLERANCE) {
-        scaled_gradient(model, &theta, &lower, &gradient)?
-    } else {
-        Vec::new()
+        (vec![f64::NAN; theta.len()], Vec::new())
     };
     let estimates = model.estimates(&theta)?;
     Ok((
@@ -165,19 +163,32 @@ pub fn fit_interruptible(
     ))
 }
 
-/// lme4's scaled gradient `solve(chol(H), g)` = R⁻¹g with H = RᵀR the finite-difference
-/// Hessian, over the coordinates away from their bounds (NaN at the others). lme4 judges
-/// convergence by min(|scaled|, |plain|) per coordinate: where the objective is steeply curved
-/// (InstEval's 2,972 student effects), a plain gradient of 10⁻³ is a step of 10⁻⁸. Empty when
-/// the Hessian is not positive definite or has more than 20 coordinates.
-pub fn scaled_gradient(model: &mut Model, theta: &[f64], lower: &[f64], gradient: &[f64]) -> CoreResult<Vec<f64>> {
-    let steps: Vec<f64> = theta.iter().map(|t| 1e-4 * t.abs().max(1.0)).collect();
-    let free: Vec<usize> = (0..theta.len()).filter(|&i| theta[i] - 2.0 * steps[i] >= lower[i]).collect();
-    let k = free.len();
-    if k == 0 || k > 20 {
-        return Ok(Vec::new());
-    }
-    let f0 = model.objective(theta)?;
+/// The point with the lowest finite objective a run evaluated, and that value.
+type BestPoint = (Vec<f64>, f64);
+
+/// Finite-difference step at θᵢ: lme4's `deriv12` δ = 10⁻⁴, relative where |θᵢ| > 1.
+fn step(theta: f64) -> f64 {
+    1e-4 * theta.abs().max(1.0)
+}
+
+/// The gradient at θ and, where it is large, lme4's scaled gradient, from one set of
+/// evaluations as lme4's `deriv12` takes them.
+///
+/// f(θ ± δᵢeᵢ) give the central-difference gradient (forward where θᵢ − δᵢ is below its
+/// bound) and, with f(θ), the Hessian's diagonal; f(θ + δᵢeᵢ + δⱼeⱼ) its cross terms. The
+/// scaled gradient R⁻¹g (H = RᵀR, over the coordinates at least 2δᵢ from their bound, NaN at
+/// the others) is formed only when some |gᵢ| exceeds [`GRADIENT_TOLERANCE`]: lme4 judges
+/// convergence by min(|scaled|, |plain|) per coordinate, and where the objective is steeply
+/// curved (InstEval's 2,972 student effects) a plain gradient of 10⁻³ is a step of 10⁻⁸. The
+/// scaled gradient is empty when not formed, when the Hessian is not positive definite or has
+/// more than 20 coordinates. `f0` is the objective at θ when already known.
+pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f64>) -> CoreResult<(Vec<f64>, Vec<f64>)> {
+    let k_all = theta.len();
+    let f0 = match f0 {
+        Some(f) => f,
+        None => model.objective(theta)?,
+    };
+    let steps: Vec<f64> = theta.iter().map(|&t| step(t)).collect();
     let mut t = theta.to_vec();
     let mut at = |model: &mut Model, moves: &[(usize, f64)]| -> CoreResult<f64> {
         for &(i, d) in moves {
@@ -189,34 +200,51 @@ pub fn scaled_gradient(model: &mut Model, theta: &[f64], lower: &[f64], gradient
         }
         v
     };
-    // Central second differences on the diagonal, forward ones off it: 2k + k(k−1)/2
-    // evaluations (9 for three θ), the cross terms reusing the diagonal's points.
+    let mut gradient = vec![0.0; k_all];
+    let (mut plus, mut minus) = (vec![f64::NAN; k_all], vec![f64::NAN; k_all]);
+    for i in 0..k_all {
+        let h = steps[i];
+        plus[i] = at(model, &[(i, h)])?;
+        if theta[i] - h < lower[i] {
+            gradient[i] = (plus[i] - f0) / h;
+        } else {
+            minus[i] = at(model, &[(i, -h)])?;
+            gradient[i] = (plus[i] - minus[i]) / (2.0 * h);
+        }
+    }
+    if !gradient.iter().any(|g| g.abs() > GRADIENT_TOLERANCE) {
+        return Ok((gradient, Vec::new()));
+    }
+    let free: Vec<usize> = (0..k_all).filter(|&i| theta[i] - 2.0 * steps[i] >= lower[i]).collect();
+    let k = free.len();
+    if k == 0 || k > 20 {
+        return Ok((gradient, Vec::new()));
+    }
+    // Central second differences on the diagonal, forward ones off it (k(k−1)/2 evaluations
+    // beyond the gradient's).
     let mut h = vec![0.0; k * k];
-    let mut plus = vec![0.0; k];
     for a in 0..k {
         let (i, hi) = (free[a], steps[free[a]]);
-        plus[a] = at(model, &[(i, hi)])?;
-        let minus = at(model, &[(i, -hi)])?;
-        h[a * k + a] = (plus[a] - 2.0 * f0 + minus) / (hi * hi);
+        h[a * k + a] = (plus[i] - 2.0 * f0 + minus[i]) / (hi * hi);
         for b in 0..a {
             let (j, hj) = (free[b], steps[free[b]]);
             let both = at(model, &[(i, hi), (j, hj)])?;
-            let v = (both - plus[a] - plus[b] + f0) / (hi * hj);
+            let v = (both - plus[i] - plus[j] + f0) / (hi * hj);
             h[a * k + b] = v;
             h[b * k + a] = v;
         }
     }
     // lme4's R = chol(H) is upper with H = RᵀR; ours is the lower L = Rᵀ, so R⁻¹g = L⁻ᵀg.
     if crate::dense::chol_small(&mut h, k).is_err() {
-        return Ok(Vec::new());
+        return Ok((gradient, Vec::new()));
     }
     let mut x: Vec<f64> = free.iter().map(|&i| gradient[i]).collect();
     crate::dense::solve_upper_small(&h, k, &mut x);
-    let mut out = vec![f64::NAN; theta.len()];
+    let mut scaled = vec![f64::NAN; k_all];
     for (a, &i) in free.iter().enumerate() {
-        out[i] = x[a];
+        scaled[i] = x[a];
     }
-    Ok(out)
+    Ok((gradient, scaled))
 }
 
 /// One BOBYQA run from `theta` (overwritten with the best point). A failed factorisation is
@@ -229,8 +257,9 @@ fn minimize(
     upper: &[f64],
     interrupted: &mut dyn FnMut() -> bool,
     first_error: &mut Option<CoreError>,
-) -> CoreResult<bobyqa::Outcome> {
+) -> CoreResult<(bobyqa::Outcome, Option<BestPoint>)> {
     let mut stopped = false;
+    let mut best: Option<BestPoint> = None;
     let outcome = solver.minimize(
         |t: &[f64]| {
             if stopped || interrupted() {
@@ -238,7 +267,12 @@ fn minimize(
                 return STOP_VALUE;
             }
             match model.objective(t) {
-                Ok(v) if v.is_finite() => v,
+                Ok(v) if v.is_finite() => {
+                    if best.as_ref().is_none_or(|&(_, f)| v < f) {
+                        best = Some((t.to_vec(), v));
+                    }
+                    v
+                }
                 Ok(_) => f64::INFINITY,
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -253,30 +287,7 @@ fn minimize(
     if stopped {
         return Err(CoreError::Interrupted);
     }
-    Ok(outcome)
-}
-
-/// Finite-difference gradient of the objective at θ, one-sided where the bound is active.
-pub fn gradient(model: &mut Model, theta: &[f64], lower: &[f64]) -> CoreResult<Vec<f64>> {
-    let mut g = vec![0.0; theta.len()];
-    let mut t = theta.to_vec();
-    let f0 = model.objective(theta)?;
-    for i in 0..theta.len() {
-        let h = 1e-5 * theta[i].abs().max(1.0);
-        if theta[i] - h < lower[i] {
-            t[i] = theta[i] + h;
-            let f1 = model.objective(&t)?;
-            g[i] = (f1 - f0) / h;
-        } else {
-            t[i] = theta[i] + h;
-            let fp = model.objective(&t)?;
-            t[i] = theta[i] - h;
-            let fm = model.objective(&t)?;
-            g[i] = (fp - fm) / (2.0 * h);
-        }
-        t[i] = theta[i];
-    }
-    Ok(g)
+    Ok((outcome, best))
 }
 
 #[cfg(test)]
@@ -308,8 +319,8 @@ mod tests {
         assert!(est.theta.iter().all(|&t| t > 0.1), "{:?}", est.theta);
         let theta = [est.theta[0] + 0.03, est.theta[1] - 0.02];
         let lower = [0.0, 0.0];
-        let g = gradient(&mut model, &theta, &lower).unwrap();
-        let ours = scaled_gradient(&mut model, &theta, &lower, &g).unwrap();
+        let (g, ours) = derivatives(&mut model, &theta, &lower, None).unwrap();
+        assert_eq!(ours.len(), 2, "the gradient {g:?} is large: the scaled gradient is formed");
         let f = |m: &mut Model, t: [f64; 2]| m.objective(&t).unwrap();
         let h = 1e-3;
         let [t0, t1] = theta;
@@ -327,5 +338,43 @@ mod tests {
         let x0 = (g[0] - r01 * x1) / r00;
         assert!((ours[0] - x0).abs() < 1e-3 * (1.0 + x0.abs()), "{ours:?} vs {x0} {x1}");
         assert!((ours[1] - x1).abs() < 1e-3 * (1.0 + x1.abs()), "{ours:?} vs {x0} {x1}");
+        // The gradient against fourth-order central differences, and f(θ) given equals f(θ)
+        // evaluated.
+        for (i, &gi) in g.iter().enumerate() {
+            let at = |m: &mut Model, d: f64| {
+                let mut t = theta;
+                t[i] += d;
+                f(m, t)
+            };
+            let h = 1e-3;
+            let reference = (8.0 * (at(&mut model, h) - at(&mut model, -h)) - (at(&mut model, 2.0 * h) - at(&mut model, -2.0 * h))) / (12.0 * h);
+            assert!((gi - reference).abs() < 1e-5 * (1.0 + reference.abs()), "{i}: {gi} vs {reference}");
+        }
+        let known = derivatives(&mut model, &theta, &lower, Some(f0)).unwrap();
+        assert_eq!(known, (g, ours));
+    }
+
+    #[test]
+    fn derivatives_at_a_bound_are_one_sided_and_leave_it_out_of_the_hessian() {
+        // θ₁ on its bound: forward difference for g₁, NaN in the scaled gradient there.
+        let n = 60;
+        let x = Mat::<f64>::from_fn(n, 1, |_, _| 1.0);
+        let y: Vec<f64> = (0..n).map(|i| (i % 6) as f64 * 0.7 + [0.0, 2.5, -1.0, 1.5, -2.0][i % 5]).collect();
+        let a: Vec<i32> = (0..n).map(|i| (i % 6) as i32).collect();
+        let b: Vec<i32> = (0..n).map(|i| (i % 5) as i32).collect();
+        let terms = vec![
+            Term::new(&a, vec![1.0; n], 1, 6, 0).unwrap(),
+            Term::new(&b, vec![1.0; n], 1, 5, 1).unwrap(),
+        ];
+        let mut model = Model::new(&y, x.as_ref(), terms, true).unwrap();
+        let theta = [0.3, 0.0];
+        let lower = [0.0, 0.0];
+        let (g, scaled) = derivatives(&mut model, &theta, &lower, None).unwrap();
+        let f0 = model.objective(&theta).unwrap();
+        let forward = (model.objective(&[0.3, 1e-4]).unwrap() - f0) / 1e-4;
+        assert_eq!(g[1], forward);
+        if !scaled.is_empty() {
+            assert!(scaled[1].is_nan() && scaled[0].is_finite(), "{scaled:?}");
+        }
     }
 }

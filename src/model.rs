@@ -26,6 +26,7 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltParams};
 use faer::linalg::matmul::matmul;
+use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
 use faer::{Accum, Mat, MatMut, MatRef, Par, Spec};
 
@@ -1285,9 +1286,10 @@ impl Model {
         let m = self.m;
         let t1 = &self.terms[0];
         let (q1, l1) = (t1.q, t1.n_levels);
-        let mut l22_inv = Mat::<f64>::identity(m, m);
+        // L₂₂⁻¹, lower triangle (m³/3 flops; a solve against the identity would take m³).
+        let mut l22_inv = Mat::<f64>::zeros(m, m);
         if m > 0 {
-            solve_lower_triangular_in_place(self.l.l22.as_ref(), l22_inv.as_mut(), self.par);
+            invert_lower_triangular(l22_inv.as_mut(), self.l.l22.as_ref(), self.par);
         }
         let mut out = Vec::with_capacity(self.terms.len());
 

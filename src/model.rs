@@ -1615,7 +1615,19 @@ const LDL_MAX_P1: usize = 8;
 /// pivot is not finite and positive (`l33` is then garbage; the caller redoes the pass with
 /// Cholesky, which names the level).
 fn fused_ldl<const Q: usize>(a: &Crossprod, lam1: &[f64], l1: usize, p1: usize, l33: &mut Mat<f64>) -> Option<f64> {
+    match p1 {
+        2 => fused_ldl_with::<Q, 2>(a, lam1, l1, 2, l33),
+        3 => fused_ldl_with::<Q, 3>(a, lam1, l1, 3, l33),
+        4 => fused_ldl_with::<Q, 4>(a, lam1, l1, 4, l33),
+        _ => fused_ldl_with::<Q, 0>(a, lam1, l1, p1, l33),
+    }
+}
+
+/// [`fused_ldl`] with p + 1 = `P1` as a constant (0: use `p1`), so the loops over the [X y]
+/// columns unroll for the common models with one to three fixed effects.
+fn fused_ldl_with<const Q: usize, const P1: usize>(a: &Crossprod, lam1: &[f64], l1: usize, p1: usize, l33: &mut Mat<f64>) -> Option<f64> {
     debug_assert!(Q == 1 || Q == 2);
+    let p1 = if P1 == 0 { p1 } else { P1 };
     debug_assert!(p1 <= LDL_MAX_P1);
     let mut cols: [&[f64]; LDL_MAX_P1] = [&[]; LDL_MAX_P1];
     for (t, col) in cols.iter_mut().enumerate().take(p1) {
@@ -2076,10 +2088,13 @@ mod tests {
     #[test]
     fn square_root_free_pass_equals_the_cholesky_pass() {
         // Thousands of levels (the pivots' mantissas are renormalised every 256), θ from 10⁻⁴
-        // to 10³ (pivots near 1 and near 10⁶ per level), and p + 1 above the pass's limit.
-        for (seed, q, levels, p) in [(5u64, 1usize, 3000usize, 2usize), (6, 2, 1500, 2), (7, 2, 300, LDL_MAX_P1)] {
+        // to 10³ (pivots near 1 and near 10⁶ per level).
+        // p + 1 of 2, 3 and 4 (constant in the pass), 6 (at run time) and 9 (the Cholesky pass).
+        for (seed, q, levels, p) in
+            [(5u64, 1usize, 3000usize, 2usize), (6, 2, 1500, 2), (7, 2, 300, LDL_MAX_P1), (8, 2, 400, 1), (9, 1, 400, 3), (10, 2, 400, 5)]
+        {
             let mut d = random_design_with(seed, 4 * levels, &[(q, levels)]);
-            if p > d.x.ncols() {
+            if p != d.x.ncols() {
                 let mut g = Lcg(seed);
                 d.x = Mat::from_fn(d.y.len(), p, |i, c| if c == 0 { 1.0 } else { g.normal() + (i % (c + 1)) as f64 });
             }

@@ -1441,14 +1441,43 @@ fn schur_panel(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1:
 }
 
 /// The scattered part of [`schur_panel`]: for each entry e of a run, column a21_rows[e] of S
-/// loses L₂₁[r]·L₂₁[e] at every row r from e to the end of e's block column. `Q` is q₁ as a
+/// loses L₂₁[r]·L₂₁[e] at every row r from e to the end of e's block column, two entries (two
+/// columns) per pass over the block column's rows. Each entry of S still gets this block
+/// column's one product, so the order of updates is [`schur_column`]'s. `Q` is q₁ as a
 /// constant (0: use `q`).
 #[inline(always)]
 fn subtract_run_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], runs: &[(usize, usize)], b0: usize, q: usize, mut panel: MatMut<'_, f64>) {
     let q = if Q == 0 { q } else { Q };
     for &(first, stop) in runs {
         let end = a.a21_block_end[first];
-        for e in first..stop {
+        let mut e = first;
+        // Two entries at a time: rows after both are read once for two columns.
+        while e + 1 < stop {
+            let (c1, c2) = (a.a21_rows[e] - b0, a.a21_rows[e + 1] - b0);
+            let (left, right) = panel.as_mut().split_at_col_mut(c2);
+            let col1 = left.col_mut(c1).try_as_col_major_mut().unwrap().as_slice_mut();
+            let col2 = right.col_mut(0).try_as_col_major_mut().unwrap().as_slice_mut();
+            let vb1 = &l21_vals[e * q..(e + 1) * q];
+            let vb2 = &l21_vals[(e + 1) * q..(e + 2) * q];
+            let mut dot = 0.0;
+            for c in 0..q {
+                dot += vb1[c] * vb1[c];
+            }
+            col1[a.a21_rows[e]] -= dot;
+            let rows = &a.a21_rows[e + 1..end];
+            let vals = &l21_vals[(e + 1) * q..end * q];
+            for (&row, va) in rows.iter().zip(vals.chunks_exact(q)) {
+                let (mut d1, mut d2) = (0.0, 0.0);
+                for c in 0..q {
+                    d1 += va[c] * vb1[c];
+                    d2 += va[c] * vb2[c];
+                }
+                col1[row] -= d1;
+                col2[row] -= d2;
+            }
+            e += 2;
+        }
+        if e < stop {
             let col = panel.as_mut().col_mut(a.a21_rows[e] - b0).try_as_col_major_mut().unwrap().as_slice_mut();
             let vb = &l21_vals[e * q..(e + 1) * q];
             let rows = &a.a21_rows[e..end];

@@ -32,7 +32,7 @@ pub(crate) const SPARSE_REST_MIN: usize = 256;
 
 /// A pattern fuller than this fraction of the lower triangle is not analysed (its factor fills
 /// in to nearly dense, and the ordering of a dense pattern is itself costly).
-const MAX_PATTERN_FILL: f64 = 0.5;
+pub(crate) const MAX_PATTERN_FILL: f64 = 0.5;
 
 /// The sparse factor is used when its flop count is at most this fraction of the dense one.
 /// Measured on InstEval (m = 1,156, ratio 0.23): the supernodal factor takes 0.37 of the dense

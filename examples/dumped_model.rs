@@ -1,0 +1,67 @@
+//! Times a model dumped by `benches/dump_model.py` (a profiling aid for issue 7):
+//! `cargo run --release --example dumped_model -- /tmp/dump/<case> [reps]`.
+//! Prints the crossproduct's time, the median objective at θ = start/2, the estimates' time.
+
+use std::time::Instant;
+
+use _core::{Model, Term};
+use faer::Mat;
+
+fn read_f64(path: &str) -> Vec<f64> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn read_i32(path: &str) -> Vec<i32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn field(meta: &str, key: &str) -> Vec<usize> {
+    // The few integers of meta.json after each `"key": `.
+    meta.match_indices(&format!("\"{key}\": "))
+        .map(|(i, s)| {
+            let rest = &meta[i + s.len()..];
+            let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap();
+            rest[..end].parse().unwrap()
+        })
+        .collect()
+}
+
+fn main() {
+    let dir = std::env::args().nth(1).expect("a dump directory");
+    let reps: usize = std::env::args().nth(2).and_then(|v| v.parse().ok()).unwrap_or(10);
+    let meta = std::fs::read_to_string(format!("{dir}/meta.json")).unwrap();
+    let (n, p) = (field(&meta, "n")[0], field(&meta, "p")[0]);
+    let reml = meta.contains("\"reml\": true");
+    let (qs, levels) = (field(&meta, "q"), field(&meta, "levels"));
+    let y = read_f64(&format!("{dir}/y.bin"));
+    let xv = read_f64(&format!("{dir}/x.bin"));
+    let x = Mat::<f64>::from_fn(n, p, |i, j| xv[j * n + i]);
+    let make_terms = || -> Vec<Term> {
+        (0..qs.len())
+            .map(|k| {
+                let c = read_i32(&format!("{dir}/c{k}.bin"));
+                let z = read_f64(&format!("{dir}/z{k}.bin"));
+                Term::new(&c, z, qs[k], levels[k], k).unwrap()
+            })
+            .collect()
+    };
+    let terms = make_terms();
+    let t = Instant::now();
+    let mut model = Model::new(&y, x.as_ref(), terms, reml).unwrap();
+    println!("model: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let theta: Vec<f64> = model.theta_start().iter().map(|v| v * 0.5).collect();
+    let mut times = Vec::new();
+    let mut value = 0.0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        value = model.objective(&theta).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("objective {value:.6}: median {:.2} ms, min {:.2} ms over {reps}", times[reps / 2], times[0]);
+    let t = Instant::now();
+    let est = model.estimates(&theta).unwrap();
+    println!("estimates: {:.1} ms (objective {:.6})", t.elapsed().as_secs_f64() * 1e3, est.objective);
+}

@@ -119,7 +119,8 @@ pub(crate) struct Crossprod {
     /// indices of one block column, ascending. A dense Schur complement is built one panel at
     /// a time, reading each block column once per panel instead of once per column.
     schur_run_ptr: Vec<usize>,
-    schur_runs: Vec<(usize, usize)>,
+    /// (first, stop, end of the block column): the end saves a dependent load per run.
+    schur_runs: Vec<(usize, usize, usize)>,
     /// Levels of a scalar term 1 with equal A₁₁ⱼ, whose Schur updates are summed once (see
     /// [`SchurGroup`]); their entries are left out of `a21_by_row`.
     schur_groups: Vec<SchurGroup>,
@@ -133,16 +134,52 @@ pub(crate) struct Crossprod {
     a33: Mat<f64>,
 }
 
-/// Levels j of a scalar first term that share one value of A₁₁ⱼ = Σ zᵢ²: with scalar rest
-/// terms, level j's Schur update L₂₁ⱼL₂₁ⱼᵀ is λ₁²/(λ₁²A₁₁ⱼ + 1) · D a₂₁ⱼ a₂₁ⱼᵀ D (D the rest
-/// λ's on the diagonal), so the group's updates are one weight times D S D with
-/// S = Σⱼ a₂₁ⱼa₂₁ⱼᵀ formed once. Balanced designs (every subject sees 100 items) have one group:
-/// an O(m²) update per θ instead of O(Σⱼ nnzⱼ²).
+/// Levels j of the first term that share one block A₁₁ⱼ = Σ zᵢzᵢᵀ. With scalar rest terms,
+/// level j's Schur update L₂₁ⱼL₂₁ⱼᵀ is D A₂₁ⱼ M A₂₁ⱼᵀ D, with D the rest λ's on the diagonal and
+/// M = λ₁(λ₁ᵀA₁₁ⱼλ₁ + I)⁻¹λ₁ᵀ (q₁ × q₁) the same for the whole group. The group's updates are
+/// then D (Σ_c M_cc S_cc + Σ_{c<d} M_cd S_cd) D, with S_cc = Σⱼ A₂₁ⱼ[:, c]A₂₁ⱼ[:, c]ᵀ and
+/// S_cd = Σⱼ (A₂₁ⱼ[:, c]A₂₁ⱼ[:, d]ᵀ + A₂₁ⱼ[:, d]A₂₁ⱼ[:, c]ᵀ) formed once: q₁(q₁+1)/2 dense
+/// updates per θ instead of the group's Σⱼ nnzⱼ² scattered ones. Balanced designs (every
+/// subject sees 100 items) have one group for a scalar first term; a random condition slope
+/// gives a group per count of condition-B items.
 #[derive(Debug, Clone)]
 pub(crate) struct SchurGroup {
-    a11: f64,
-    /// Σⱼ a₂₁ⱼa₂₁ⱼᵀ over the group's levels, m × m, lower triangle.
-    s: Mat<f64>,
+    q: usize,
+    /// A₁₁ⱼ, q₁ × q₁ column-major.
+    a11: Vec<f64>,
+    /// S_cd for c ≤ d in the order (0,0), (0,1), …, (0,q₁−1), (1,1), …: m × m, lower triangles.
+    s: Vec<Mat<f64>>,
+}
+
+/// Schur groups are formed for a first term of at most this many columns.
+const MAX_SCHUR_GROUP_Q: usize = 3;
+
+/// M = λ(λᵀAλ + I)⁻¹λᵀ of a Schur group, entries (c, d) for c ≤ d in [`SchurGroup::s`]'s
+/// order, times `scale`. `None` where λᵀAλ + I has no Cholesky factor (the first block's
+/// factorisation reports that pivot).
+fn group_weights(a11: &[f64], lam: &[f64], q: usize, scale: f64, out: &mut [f64; 6]) -> Option<()> {
+    if q == 1 {
+        let l = lam[0];
+        out[0] = l * l / (l * l * a11[0] + 1.0) * scale;
+        return Some(());
+    }
+    let mut chol = [0.0f64; MAX_SCHUR_GROUP_Q * MAX_SCHUR_GROUP_Q];
+    level_factor(a11, lam, q, &mut chol[..q * q]).ok()?;
+    // W = L⁻¹λᵀ, column c from λᵀe_c; M = WᵀW.
+    let (mut w, mut tmp) = ([0.0f64; MAX_SCHUR_GROUP_Q * MAX_SCHUR_GROUP_Q], [0.0f64; 64]);
+    for c in 0..q {
+        let col = &mut w[c * q..(c + 1) * q];
+        col[c] = 1.0;
+        apply_lambda_t_then_solve(col, lam, &chol[..q * q], q, &mut tmp);
+    }
+    let mut k = 0;
+    for c in 0..q {
+        for d in c..q {
+            out[k] = (0..q).map(|r| w[c * q + r] * w[d * q + r]).sum::<f64>() * scale;
+            k += 1;
+        }
+    }
+    Some(())
 }
 
 /// From this size of the dense rest block on, its Schur columns are formed on rayon's threads
@@ -160,7 +197,7 @@ pub(crate) const PARALLEL_REST_MIN: usize = 2048;
 pub(crate) const PARALLEL_SCHUR_MIN_WORK: f64 = 1e6;
 
 /// At most this many Schur groups, and at most this many bytes for all of them.
-const MAX_SCHUR_GROUPS: usize = 4;
+const MAX_SCHUR_GROUPS: usize = 16;
 const MAX_SCHUR_BYTES: u128 = 1 << 30;
 
 /// The blocked lower Cholesky factor L(θ), overwritten in place for every θ.
@@ -471,11 +508,9 @@ impl Model {
         (doubles * 8.0 + n * 4.0 * terms.len() as f64) as u128
     }
 
-    /// The Schur groups worth forming (see [`SchurGroup`]): only for a scalar first term and
-    /// scalar rest terms, only groups whose direct updates cost at least twice the dense
-    /// one, the most profitable first, within [`MAX_SCHUR_GROUPS`] and [`MAX_SCHUR_BYTES`].
     /// Multiply-adds of one Schur complement update: q₁² per pair of entries in a level's
-    /// block column (levels outside the Schur groups), and m(m+1)/2 per group.
+    /// block column (levels outside the Schur groups), and m(m+1)/2 per dense update of a
+    /// group (q₁(q₁+1)/2 of them).
     fn schur_work(a: &Crossprod, q1: usize, m: usize) -> f64 {
         let pairs: f64 = (0..m)
             .map(|b| {
@@ -485,7 +520,8 @@ impl Model {
                     .sum::<f64>()
             })
             .sum();
-        pairs * (q1 * q1) as f64 + a.schur_groups.len() as f64 * (m * (m + 1) / 2) as f64
+        let group_updates: usize = a.schur_groups.iter().map(|g| g.s.len()).sum();
+        pairs * (q1 * q1) as f64 + group_updates as f64 * (m * (m + 1) / 2) as f64
     }
 
     /// The structural pattern of the Schur complement S of the rest block (scalar rest terms):
@@ -562,48 +598,68 @@ impl Model {
         })
     }
 
+    /// The levels of the first term grouped by the bits of A₁₁ⱼ (see [`SchurGroup`]), for a first
+    /// term of at most [`MAX_SCHUR_GROUP_Q`] columns and scalar rest terms. A group is formed
+    /// where its levels' scattered updates (q₁ multiply-adds for each of the Σⱼ nnzⱼ(nnzⱼ+1)/2
+    /// pairs) cost at least twice its q₁(q₁+1)/2 dense ones (m(m+1)/2 each): the most profitable
+    /// first, within [`MAX_SCHUR_GROUPS`] and [`MAX_SCHUR_BYTES`].
     fn schur_groups(terms: &[Term], a11: &[f64], ptr: &[usize], rows: &[usize], vals: &[f64], m: usize) -> Vec<SchurGroup> {
-        if terms[0].q != 1 || terms.iter().skip(1).any(|t| t.q != 1) || m == 0 {
+        let q = terms[0].q;
+        if q > MAX_SCHUR_GROUP_Q || terms.iter().skip(1).any(|t| t.q != 1) || m == 0 {
             return Vec::new();
         }
-        let mut by_value: std::collections::HashMap<u64, (f64, Vec<usize>)> = std::collections::HashMap::new();
-        for (j, &v) in a11.iter().enumerate() {
-            by_value.entry(v.to_bits()).or_insert_with(|| (v, Vec::new())).1.push(j);
+        let n_mats = q * (q + 1) / 2;
+        let mut by_value: std::collections::HashMap<Vec<u64>, Vec<usize>> = std::collections::HashMap::new();
+        for (j, block) in a11.chunks_exact(q * q).enumerate() {
+            by_value.entry(block.iter().map(|v| v.to_bits()).collect()).or_default().push(j);
         }
-        let dense = (m * (m + 1) / 2) as f64;
-        let mut candidates: Vec<(f64, f64, Vec<usize>)> = by_value
+        let dense = (n_mats * m * (m + 1) / 2) as f64;
+        let mut candidates: Vec<(f64, usize, Vec<usize>)> = by_value
             .into_values()
-            .filter_map(|(value, levels)| {
+            .filter_map(|levels| {
                 let direct: f64 = levels
                     .iter()
                     .map(|&j| {
                         let k = (ptr[j + 1] - ptr[j]) as f64;
-                        k * (k + 1.0) / 2.0
+                        k * (k + 1.0) / 2.0 * q as f64
                     })
                     .sum();
-                (direct >= 2.0 * dense).then_some((direct - dense, value, levels))
+                (direct >= 2.0 * dense).then_some((direct - dense, levels[0], levels))
             })
             .collect();
-        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let per_group = (m as u128) * (m as u128) * 8;
+        // The most profitable first; equal gains by their first level, so the choice is the
+        // same in every run.
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let per_group = (n_mats as u128) * (m as u128) * (m as u128) * 8;
         let budget = available_memory_bytes().map_or(MAX_SCHUR_BYTES, |a| (a / 4).min(MAX_SCHUR_BYTES));
         let n_groups = candidates.len().min(MAX_SCHUR_GROUPS).min((budget / per_group.max(1)) as usize);
         candidates
             .into_iter()
             .take(n_groups)
-            .map(|(_, value, levels)| {
-                let mut s = Mat::<f64>::zeros(m, m);
+            .map(|(_, first, levels)| {
+                let mut s: Vec<Mat<f64>> = (0..n_mats).map(|_| Mat::<f64>::zeros(m, m)).collect();
                 for j in levels {
                     let (start, end) = (ptr[j], ptr[j + 1]);
                     for eb in start..end {
-                        let (rb, vb) = (rows[eb], vals[eb]);
-                        let col = s.as_mut().col_mut(rb).try_as_col_major_mut().unwrap().as_slice_mut();
-                        for ea in eb..end {
-                            col[rows[ea]] += vals[ea] * vb;
+                        let vb = &vals[eb * q..(eb + 1) * q];
+                        let mut k = 0;
+                        for c in 0..q {
+                            for d in c..q {
+                                let col = s[k].as_mut().col_mut(rows[eb]).try_as_col_major_mut().unwrap().as_slice_mut();
+                                for ea in eb..end {
+                                    let va = &vals[ea * q..(ea + 1) * q];
+                                    col[rows[ea]] += if c == d { va[c] * vb[c] } else { va[c] * vb[d] + va[d] * vb[c] };
+                                }
+                                k += 1;
+                            }
                         }
                     }
                 }
-                SchurGroup { a11: value, s }
+                SchurGroup {
+                    q,
+                    a11: a11[first * q * q..(first + 1) * q * q].to_vec(),
+                    s,
+                }
             })
             .collect()
     }
@@ -663,7 +719,7 @@ impl Model {
         let mut a21_by_row = Vec::new();
         let mut a21_block_end = Vec::new();
         let mut schur_run_ptr = vec![0usize];
-        let mut schur_runs: Vec<(usize, usize)> = Vec::new();
+        let mut schur_runs: Vec<(usize, usize, usize)> = Vec::new();
         let mut schur_groups = Vec::new();
         let mut a22 = Mat::<f64>::zeros(m, m);
         let mut a32t = Mat::<f64>::zeros(m, p + 1);
@@ -718,7 +774,10 @@ impl Model {
             let grouped: Vec<bool> = {
                 let mut g = vec![false; l1];
                 for (j, flag) in g.iter_mut().enumerate() {
-                    *flag = schur_groups.iter().any(|group| group.a11.to_bits() == a11[j].to_bits());
+                    let block = &a11[j * q1 * q1..(j + 1) * q1 * q1];
+                    *flag = schur_groups
+                        .iter()
+                        .any(|group| group.a11.iter().zip(block).all(|(g, v)| g.to_bits() == v.to_bits()));
                 }
                 g
             };
@@ -749,11 +808,11 @@ impl Model {
                 for &e in &entries {
                     // A run continues while its entries are consecutive in one block column.
                     let extends = schur_runs.len() > panel_start
-                        && schur_runs.last().is_some_and(|&(_, stop)| stop == e && a21_block_end[e - 1] == a21_block_end[e]);
+                        && schur_runs.last().is_some_and(|&(_, stop, end)| stop == e && end == a21_block_end[e]);
                     if extends {
                         schur_runs.last_mut().unwrap().1 = e + 1;
                     } else {
-                        schur_runs.push((e, e + 1));
+                        schur_runs.push((e, e + 1, a21_block_end[e]));
                     }
                 }
                 schur_run_ptr.push(schur_runs.len());
@@ -1498,10 +1557,9 @@ fn schur_panel(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1:
 /// column's one product, so the order of updates is [`schur_column`]'s. `Q` is q₁ as a
 /// constant (0: use `q`).
 #[inline(always)]
-fn subtract_run_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], runs: &[(usize, usize)], b0: usize, q: usize, mut panel: MatMut<'_, f64>) {
+fn subtract_run_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], runs: &[(usize, usize, usize)], b0: usize, q: usize, mut panel: MatMut<'_, f64>) {
     let q = if Q == 0 { q } else { Q };
-    for &(first, stop) in runs {
-        let end = a.a21_block_end[first];
+    for &(first, stop, end) in runs {
         let mut e = first;
         // Two entries at a time: rows after both are read once for two columns.
         while e + 1 < stop {
@@ -1557,12 +1615,15 @@ fn schur_column_start(a: &Crossprod, scale: &[f64], lam1: &[f64], from_a22: bool
         }
     }
     col[b] += 1.0;
-    if !a.schur_groups.is_empty() {
-        // Only with a scalar first term and scalar rest terms (see schur_groups).
-        let lam = lam1[0];
-        for group in &a.schur_groups {
-            let w = lam * lam / (lam * lam * group.a11 + 1.0) * scale[b];
-            let src = group.s.col(b).try_as_col_major().unwrap().as_slice();
+    // Only with scalar rest terms (see schur_groups).
+    let mut weights = [0.0f64; 6];
+    for group in &a.schur_groups {
+        if group_weights(&group.a11, lam1, group.q, scale[b], &mut weights).is_none() {
+            // The first block's factorisation has failed on this level already.
+            continue;
+        }
+        for (mat, &w) in group.s.iter().zip(&weights) {
+            let src = mat.col(b).try_as_col_major().unwrap().as_slice();
             for r in b..m {
                 col[r] -= w * scale[r] * src[r];
             }
@@ -2470,6 +2531,32 @@ mod tests {
                 let ours = model.objective(&theta).unwrap();
                 let (dense, _, _) = dense_objective(&d, &theta, true);
                 assert!((ours - dense).abs() < 1e-9 * dense.abs(), "{sizes:?} {theta:?}: {ours} vs {dense}");
+            }
+        }
+        // A first term with a slope: levels with equal A₁₁ⱼ blocks (equal sizes and equal
+        // counts of x = 1) form groups, each with three dense updates.
+        for (seed, sizes) in [(7u64, vec![14usize]), (8, vec![14, 11])] {
+            let d0 = balanced_design(seed, &sizes, 40, &[6, 4]);
+            let n = d0.y.len();
+            let codes0: Vec<i32> = d0.terms[0].codes.iter().map(|&c| c as i32).collect();
+            let mut seen = vec![0usize; 40];
+            let mut z = Vec::with_capacity(2 * n);
+            for &c in &codes0 {
+                z.extend([1.0, (seen[c as usize] % 3 == 0) as u8 as f64]);
+                seen[c as usize] += 1;
+            }
+            let mut terms = d0.terms.clone();
+            terms[0] = Term::new(&codes0, z, 2, 40, 0).unwrap();
+            let d = Design { y: d0.y, x: d0.x, terms };
+            let mut model = Model::new(&d.y, d.x.as_ref(), d.terms.clone(), true).unwrap();
+            assert_eq!(model.a.schur_groups.len(), sizes.len());
+            assert!(model.a.schur_groups.iter().all(|g| g.s.len() == 3));
+            for theta in [vec![0.8, -0.4, 0.5, 1.3, 0.6], vec![1.7, 0.3, 0.0, 0.2, 1.1], vec![0.0, 0.0, 0.9, 0.4, 0.0]] {
+                let ours = model.objective(&theta).unwrap();
+                let (dense, _, _) = dense_objective(&d, &theta, true);
+                assert!((ours - dense).abs() < 1e-9 * dense.abs(), "{sizes:?} {theta:?}: {ours} vs {dense}");
+                let est = model.estimates(&theta).unwrap();
+                assert!((est.objective - dense).abs() < 1e-9 * dense.abs());
             }
         }
         // A vector rest term: no groups (the update is not one weight per group).

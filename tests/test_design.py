@@ -311,6 +311,37 @@ def test_interaction_grouping_has_only_combinations_present() -> None:
     assert term.codes.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
+def test_three_factor_interaction_levels_in_lexicographic_order() -> None:
+    # Levels are the combinations present, ordered as the rows of their level codes sort
+    # (first factor slowest), which is what R's a:b:c gives.
+    rng = np.random.default_rng(3)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "y": rng.standard_normal(n),
+            "a": rng.choice(["x", "w", "v"], n),
+            "b": rng.integers(0, 7, n),
+            "c": rng.choice(["lo", "hi"], n),
+        }
+    )
+    (term,) = build_design_from("y ~ 1 + (1 | a:b:c)", frame).terms
+    codes = np.column_stack(
+        [
+            frame["a"].map({"v": 0, "w": 1, "x": 2}),
+            frame["b"],
+            frame["c"].map({"hi": 0, "lo": 1}),
+        ]
+    )
+    rows, inverse = np.unique(codes, axis=0, return_inverse=True)
+    expected = [f"{'vwx'[i]}:{j}:{('hi', 'lo')[k]}" for i, j, k in rows]
+    assert term.levels.tolist() == expected
+    np.testing.assert_array_equal(term.codes, inverse.reshape(-1))
+    assert (
+        term.levels[term.codes].tolist()
+        == (frame["a"] + ":" + frame["b"].astype(str) + ":" + frame["c"]).tolist()
+    )
+
+
 def test_one_string_form_equals_list_form() -> None:
     frame = make_frame()
     one = build_design_from("y ~ x + (1 + x | subject) + (1 | site)", frame)

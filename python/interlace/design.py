@@ -816,7 +816,20 @@ def _grouping_factor(
         # Only the combinations present, ordered by the factors' own level orders with the
         # first factor varying slowest, as R's a:b.
         stacked = np.column_stack([factor_codes for _, factor_codes in per_factor])
-        combinations, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        sizes = [len(factor_levels) for factor_levels, _ in per_factor]
+        if math.prod(sizes) < 2**62:
+            # One integer key per row, in the same lexicographic order: a sort of int64 keys
+            # instead of a sort of rows (InstEval's dept:service, 73,421 rows: 2 ms, not 60).
+            key = np.zeros(len(stacked), dtype=np.int64)
+            for k, size in enumerate(sizes):
+                key = key * size + stacked[:, k]
+            unique_keys, inverse = np.unique(key, return_inverse=True)
+            combinations = np.empty((len(unique_keys), len(sizes)), dtype=np.int64)
+            rest = unique_keys
+            for k in range(len(sizes) - 1, -1, -1):
+                rest, combinations[:, k] = np.divmod(rest, sizes[k])
+        else:
+            combinations, inverse = np.unique(stacked, axis=0, return_inverse=True)
         labels = [
             ":".join(str(per_factor[k][0][code]) for k, code in enumerate(row))
             for row in combinations

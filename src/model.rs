@@ -140,8 +140,9 @@ pub(crate) struct Crossprod {
 /// then D (Σ_c M_cc S_cc + Σ_{c<d} M_cd S_cd) D, with S_cc = Σⱼ A₂₁ⱼ[:, c]A₂₁ⱼ[:, c]ᵀ and
 /// S_cd = Σⱼ (A₂₁ⱼ[:, c]A₂₁ⱼ[:, d]ᵀ + A₂₁ⱼ[:, d]A₂₁ⱼ[:, c]ᵀ) formed once: q₁(q₁+1)/2 dense
 /// updates per θ instead of the group's Σⱼ nnzⱼ² scattered ones. Balanced designs (every
-/// subject sees 100 items) have one group for a scalar first term; a random condition slope
-/// gives a group per count of condition-B items.
+/// subject sees 100 items) have one group for a scalar first term; with a random condition
+/// slope, each count of condition-B items is a candidate group, formed only where it pays
+/// (see `Model::schur_groups`).
 #[derive(Debug, Clone)]
 pub(crate) struct SchurGroup {
     q: usize,

@@ -64,4 +64,14 @@ fn main() {
     let t = Instant::now();
     let est = model.estimates(&theta).unwrap();
     println!("estimates: {:.1} ms (objective {:.6})", t.elapsed().as_secs_f64() * 1e3, est.objective);
+    if std::env::var_os("DUMPED_FIT").is_some() {
+        let t = Instant::now();
+        let (est, record) = _core::optimize::fit(&mut model, None, Default::default()).unwrap();
+        println!(
+            "fit: {:.1} ms, {} evaluations, objective {:.6}",
+            t.elapsed().as_secs_f64() * 1e3,
+            record.n_evals,
+            est.objective
+        );
+    }
 }

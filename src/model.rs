@@ -271,8 +271,11 @@ pub struct Model {
     pub(crate) log_det_w: f64,
     /// The rest block factored sparse for the objective, where that pays (see `sparse_rest`).
     pub(crate) sparse: Option<SparseRest>,
-    /// q₁ × (p+1) workspace of one level's L₃₁ⱼ (the single-term objective).
+    /// q₁ × (p+1) workspace of one level's L₃₁ⱼ (the single-term objective and
+    /// `subtract_l21_l31t`).
     pub(crate) level_work: Vec<f64>,
+    /// L₃₂ᵀ row by row (m × (p+1)), the workspace of `subtract_l21_l31t`.
+    l32_rows: Vec<f64>,
     /// Whether the Schur complement's columns are formed on rayon's threads: when its
     /// scattered update is large (see [`PARALLEL_SCHUR_MIN_WORK`]) or the rest block is.
     pub(crate) parallel_schur: bool,
@@ -427,6 +430,7 @@ impl Model {
             log_det_w: 0.0,
             sparse,
             level_work: vec![0.0; q1 * (p + 1)],
+            l32_rows: vec![0.0; m * (p + 1)],
             parallel_schur,
         })
     }
@@ -505,7 +509,8 @@ impl Model {
             + 2.0 * a21_upper_bound // A₂₁ and L₂₁ (values)
             + 2.0 * m // the (term, column) label of each rest row
             + 3.0 * m * m // A₂₂, L₂₂, and L₂₂⁻¹ for the conditional variances
-            + 2.0 * (m + first) * (p + 1.0); // A₃₁, A₃₂ and their factors
+            + 2.0 * (m + first) * (p + 1.0) // A₃₁, A₃₂ and their factors
+            + m * (p + 1.0); // L₃₂ᵀ by rows (the workspace of its update)
         (doubles * 8.0 + n * 4.0 * terms.len() as f64) as u128
     }
 
@@ -1094,8 +1099,8 @@ impl Model {
             let sparse_rest = if use_sparse && all_scalar { self.sparse.as_mut() } else { None };
             if let Some(sp) = sparse_rest {
                 let l21_vals = &l.l21_vals;
-                sp.fill(scale, self.parallel_schur, |b, work| {
-                    schur_column(a, l21_vals, scale, lam1, q1, false, b, work)
+                sp.fill(scale, self.parallel_schur, SCHUR_PANEL, |k, panel| {
+                    schur_panel(a, l21_vals, scale, lam1, q1, false, k, panel)
                 });
                 sp.factor().map_err(|pivot| CoreError::NotPositiveDefinite {
                     block: "random-effects".into(),
@@ -1134,11 +1139,12 @@ impl Model {
                 let col = l.l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
                 mix_rest_vector(col, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
             }
+            let (rows, level) = (&mut self.l32_rows, &mut self.level_work);
             match q1 {
-                1 => subtract_l21_l31t::<1>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 1, p1),
-                2 => subtract_l21_l31t::<2>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 2, p1),
-                3 => subtract_l21_l31t::<3>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 3, p1),
-                _ => subtract_l21_l31t::<0>(a, &l.l21_vals, &l.l31t, &mut l.l32t, q1, p1),
+                1 => subtract_l21_l31t::<1>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 1, p1, rows, level),
+                2 => subtract_l21_l31t::<2>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 2, p1, rows, level),
+                3 => subtract_l21_l31t::<3>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 3, p1, rows, level),
+                _ => subtract_l21_l31t::<0>(a, &l.l21_vals, &l.l31t, &mut l.l32t, q1, p1, rows, level),
             }
             if rest_logdet.is_none() {
                 solve_lower_triangular_in_place(l.l22.as_ref(), l.l32t.as_mut(), self.par);
@@ -1515,6 +1521,8 @@ fn rest_level_bases(terms: &[Term], rest_offsets: &[usize]) -> Vec<Vec<usize>> {
 /// Column b of the Schur complement S = Λ_restᵀA₂₂Λ_rest + I − Σⱼ L₂₁ⱼL₂₁ⱼᵀ, rows b..m of
 /// `col`. With `from_a22` (scalar rest terms) rows b..m are overwritten from the dense A₂₂ and
 /// `scale` (the rest λ's); otherwise `col` must hold column b of Λ_restᵀA₂₂Λ_rest already.
+/// The reference [`schur_panel`] is tested against.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn schur_column(a: &Crossprod, l21_vals: &[f64], scale: &[f64], lam1: &[f64], q1: usize, from_a22: bool, b: usize, col: &mut [f64]) {
     schur_column_start(a, scale, lam1, from_a22, b, col);
@@ -1641,6 +1649,7 @@ fn schur_column_start(a: &Crossprod, scale: &[f64], lam1: &[f64], from_a22: bool
 
 /// col[r] −= L₂₁[r]·L₂₁[b] over the entries e of column b and the rows after them in e's block
 /// (the scattered part of the Schur complement), for a first term with `Q` columns.
+#[cfg(test)]
 #[inline(always)]
 fn subtract_block_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], entries: &[usize], col: &mut [f64]) {
     for &e in entries {
@@ -1707,21 +1716,55 @@ fn scalar_rest_l21<const Q: usize>(a: &Crossprod, lam1: &[f64], q: usize, l11: &
 }
 
 /// L₃₂ᵀ −= Σⱼ L₂₁ⱼ L₃₁ⱼᵀ over the sparse rows of each L₂₁ⱼ. `Q` is q₁ as a constant (0: use `q`).
-fn subtract_l21_l31t<const Q: usize>(a: &Crossprod, l21_vals: &[f64], l31t: &Mat<f64>, l32t: &mut Mat<f64>, q: usize, p1: usize) {
+/// L₃₂ᵀ is updated in `rows` (m × p₁, row-major) and L₃₁ⱼ read from `level` (q × p₁,
+/// row-major), so each entry of L₂₁ updates one contiguous row: a model with many fixed
+/// effects read L₂₁ once per column of [X y] before. Each entry of L₃₂ᵀ gets the same
+/// products in the same order as column by column.
+#[allow(clippy::too_many_arguments)]
+fn subtract_l21_l31t<const Q: usize>(
+    a: &Crossprod,
+    l21_vals: &[f64],
+    l31t: &Mat<f64>,
+    l32t: &mut Mat<f64>,
+    q: usize,
+    p1: usize,
+    rows: &mut [f64],
+    level: &mut [f64],
+) {
     let q = if Q == 0 { q } else { Q };
+    let m = l32t.nrows();
     for t in 0..p1 {
-        let w_all = l31t.col(t).try_as_col_major().unwrap().as_slice();
-        let col = l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
-        for j in 0..a.a21_ptr.len() - 1 {
-            let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
-            let w = &w_all[j * q..(j + 1) * q];
-            for (&r, va) in a.a21_rows[s..e].iter().zip(l21_vals[s * q..e * q].chunks_exact(q)) {
+        let col = l32t.col(t).try_as_col_major().unwrap().as_slice();
+        for r in 0..m {
+            rows[r * p1 + t] = col[r];
+        }
+    }
+    for j in 0..a.a21_ptr.len() - 1 {
+        let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+        if s == e {
+            continue;
+        }
+        for t in 0..p1 {
+            let src = l31t.col(t).try_as_col_major().unwrap().as_slice();
+            for c in 0..q {
+                level[c * p1 + t] = src[j * q + c];
+            }
+        }
+        for (&r, va) in a.a21_rows[s..e].iter().zip(l21_vals[s * q..e * q].chunks_exact(q)) {
+            let row = &mut rows[r * p1..(r + 1) * p1];
+            for (t, x) in row.iter_mut().enumerate() {
                 let mut dot = 0.0;
                 for c in 0..q {
-                    dot += va[c] * w[c];
+                    dot += va[c] * level[c * p1 + t];
                 }
-                col[r] -= dot;
+                *x -= dot;
             }
+        }
+    }
+    for t in 0..p1 {
+        let col = l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+        for r in 0..m {
+            col[r] = rows[r * p1 + t];
         }
     }
 }

@@ -20,7 +20,7 @@ use faer::linalg::cholesky::llt::factor::{LltParams, LltRegularization};
 use faer::linalg::matmul::matmul;
 use faer::sparse::linalg::cholesky::supernodal::SupernodalLltRef;
 use faer::sparse::linalg::cholesky::{
-    factorize_symbolic_cholesky, CholeskySymbolicParams, LltRef, SymbolicCholesky, SymbolicCholeskyRaw,
+    factorize_symbolic_cholesky, CholeskySymbolicParams, SymbolicCholesky, SymbolicCholeskyRaw,
     SymmetricOrdering,
 };
 use faer::sparse::linalg::SupernodalThreshold;
@@ -98,9 +98,10 @@ pub(crate) struct SparseRest {
     shared: Arc<Shared>,
     values: Vec<f64>,
     l_values: Vec<f64>,
-    /// Dense columns of S (length m), the gathering workspaces (one per thread of `fill`).
-    work: Vec<f64>,
-    work2: Vec<f64>,
+    /// Panels of dense columns of S (m rows), the gathering workspaces (one per thread of
+    /// `fill`); sized by the first fill.
+    work: Mat<f64>,
+    work2: Mat<f64>,
     rhs: Mat<f64>,
     buffer: MemBuffer,
     /// log|L₂₂|² of the last factorisation.
@@ -110,7 +111,7 @@ pub(crate) struct SparseRest {
 impl std::fmt::Debug for SparseRest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SparseRest")
-            .field("m", &self.work.len())
+            .field("m", &self.work.nrows())
             .field("nnz", &self.shared.pattern.nnz())
             .field("len_val", &self.l_values.len())
             .finish_non_exhaustive()
@@ -194,8 +195,8 @@ impl SparseRest {
         SparseRest {
             values: vec![0.0; shared.pattern.nnz()],
             l_values: vec![0.0; shared.symbolic.len_val()],
-            work: vec![0.0; m],
-            work2: vec![0.0; m],
+            work: Mat::zeros(m, 0),
+            work2: Mat::zeros(m, 0),
             rhs: Mat::zeros(m, p1),
             buffer: MemBuffer::new(shared.req),
             logdet: 0.0,
@@ -203,36 +204,55 @@ impl SparseRest {
         }
     }
 
-    /// Fills S column by column: column b starts as Λ_restᵀA₂₂Λ_rest (`scale` the rest λ's)
-    /// in a zeroed dense workspace, `column(b, work)` adds the rest (it may write the pattern's
-    /// rows only), and the pattern's entries are moved into S, leaving the workspace zero. With
-    /// `parallel`, the columns are split in two halves of equal storage, one per thread.
-    pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, column: impl Fn(usize, &mut [f64]) + Sync) {
+    /// Fills S by panels of `width` columns: each column starts as Λ_restᵀA₂₂Λ_rest (`scale`
+    /// the rest λ's) in a zeroed dense m × `width` workspace, `panel(k, work)` adds the rest to
+    /// panel k (it may write the pattern's rows only), and the pattern's entries are moved into
+    /// S, leaving the workspace zero. A panel of dense columns stays in cache while the block
+    /// columns of L₂₁ that reach it are read in one pass, where filling S a column at a time
+    /// read them once per column. With `parallel`, the panels are split in two runs of about
+    /// equal storage, one per thread.
+    pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, width: usize, panel: impl Fn(usize, MatMut<'_, f64>) + Sync) {
         let sh = &*self.shared;
-        let m = self.work.len();
-        let run = |cols: std::ops::Range<usize>, values: &mut [f64], work: &mut [f64]| {
-            let base = sh.pattern.col_ptr[cols.start];
-            for b in cols {
-                let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
-                let sb = scale[b];
-                for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
-                    work[r] = v * scale[r] * sb;
+        let m = self.work.nrows();
+        let n_panels = m.div_ceil(width);
+        let run = |panels: std::ops::Range<usize>, values: &mut [f64], work: &mut Mat<f64>| {
+            let base = sh.pattern.col_ptr[panels.start * width];
+            for k in panels {
+                let b0 = k * width;
+                let cols = width.min(m - b0);
+                let mut w = work.as_mut().subcols_mut(0, cols);
+                for c in 0..cols {
+                    let b = b0 + c;
+                    let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
+                    let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
+                    let sb = scale[b];
+                    for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
+                        col[r] = v * scale[r] * sb;
+                    }
                 }
-                column(b, work);
-                let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
-                for (v, &r) in values[s - base..e - base].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
-                    *v = std::mem::take(&mut work[r]);
+                panel(k, w.as_mut());
+                for c in 0..cols {
+                    let b = b0 + c;
+                    let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
+                    let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
+                    for (v, &r) in values[s - base..e - base].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
+                        *v = std::mem::take(&mut col[r]);
+                    }
                 }
             }
         };
-        if parallel && m > 1 {
+        if self.work.ncols() < width {
+            self.work = Mat::zeros(m, width);
+            self.work2 = Mat::zeros(m, width);
+        }
+        if parallel && n_panels > 1 {
             let half = sh.pattern.nnz() / 2;
-            let mid = sh.pattern.col_ptr.partition_point(|&p| p < half).clamp(1, m - 1);
-            let (v1, v2) = self.values.split_at_mut(sh.pattern.col_ptr[mid]);
+            let mid = (0..n_panels).find(|&k| sh.pattern.col_ptr[k * width] >= half).unwrap_or(n_panels).clamp(1, n_panels - 1);
+            let (v1, v2) = self.values.split_at_mut(sh.pattern.col_ptr[mid * width]);
             let (w1, w2) = (&mut self.work, &mut self.work2);
-            rayon::join(|| run(0..mid, v1, w1), || run(mid..m, v2, w2));
+            rayon::join(|| run(0..mid, v1, w1), || run(mid..n_panels, v2, w2));
         } else {
-            run(0..m, &mut self.values, &mut self.work);
+            run(0..n_panels, &mut self.values, &mut self.work);
         }
     }
 
@@ -240,7 +260,7 @@ impl SparseRest {
     /// the fill-reducing order.
     pub(crate) fn factor(&mut self) -> Result<(), usize> {
         let shared = &*self.shared;
-        let m = self.work.len();
+        let m = self.work.nrows();
         let structure =
             SymbolicSparseColMatRef::new_checked(m, m, &shared.pattern.col_ptr, None, &shared.pattern.row_idx);
         let s = SparseColMatRef::new(structure, &self.values);
@@ -274,16 +294,26 @@ impl SparseRest {
         Ok(())
     }
 
-    /// l33 −= Cᵀ S⁻¹ C, with the factor of the last [`factor`](Self::factor).
+    /// l33 −= Cᵀ S⁻¹ C, with the factor of the last [`factor`](Self::factor): with PSPᵀ = LLᵀ
+    /// that is XᵀX for X = L⁻¹PC, a forward substitution only.
     pub(crate) fn subtract_quadratic_form(&mut self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>) {
-        self.rhs.as_mut().copy_from(c);
+        let shared = &*self.shared;
+        match shared.symbolic.perm() {
+            Some(perm) => {
+                let fwd = perm.arrays().0;
+                for j in 0..c.ncols() {
+                    for (i, &from) in fwd.iter().enumerate() {
+                        self.rhs[(i, j)] = c[(from, j)];
+                    }
+                }
+            }
+            None => self.rhs.as_mut().copy_from(c),
+        }
+        let SymbolicCholeskyRaw::Supernodal(sym) = shared.symbolic.raw() else {
+            unreachable!("plan() keeps supernodal factors only");
+        };
         let stack = MemStack::new(&mut self.buffer);
-        LltRef::new(&self.shared.symbolic, &self.l_values).solve_in_place_with_conj(
-            Conj::No,
-            self.rhs.as_mut(),
-            Par::Seq,
-            stack,
-        );
-        matmul(l33, Accum::Add, c.transpose(), self.rhs.as_ref(), -1.0, Par::Seq);
+        SupernodalLltRef::new(sym, &self.l_values).l_solve_with_conj(Conj::No, self.rhs.as_mut(), Par::Seq, stack);
+        matmul(l33, Accum::Add, self.rhs.transpose(), self.rhs.as_ref(), -1.0, Par::Seq);
     }
 }

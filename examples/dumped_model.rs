@@ -66,12 +66,21 @@ fn main() {
     println!("estimates: {:.1} ms (objective {:.6})", t.elapsed().as_secs_f64() * 1e3, est.objective);
     if std::env::var_os("DUMPED_FIT").is_some() {
         let t = Instant::now();
-        let (est, record) = _core::optimize::fit(&mut model, None, Default::default()).unwrap();
+        // DUMPED_START="t1,t2,..." and DUMPED_RHO=ρ_begin try other starting points.
+        let start: Option<Vec<f64>> =
+            std::env::var("DUMPED_START").ok().map(|v| v.split(',').map(|x| x.parse().unwrap()).collect());
+        let mut options = _core::FitOptions::default();
+        if let Some(rho) = std::env::var("DUMPED_RHO").ok().and_then(|v| v.parse().ok()) {
+            options.rho_begin = rho;
+        }
+        println!("default start: {:?}", _core::optimize::default_start(&model));
+        let (est, record) = _core::optimize::fit(&mut model, start.as_deref(), options).unwrap();
         println!(
-            "fit: {:.1} ms, {} evaluations, objective {:.6}",
+            "fit: {:.1} ms, {} evaluations, objective {:.6}, θ {:?}",
             t.elapsed().as_secs_f64() * 1e3,
             record.n_evals,
-            est.objective
+            est.objective,
+            est.theta
         );
     }
 }

@@ -131,7 +131,7 @@ pub(crate) struct Crossprod {
     /// Z_restᵀ[X y], m × (p+1).
     a32t: Mat<f64>,
     /// [X y]ᵀ[X y], (p+1) × (p+1).
-    a33: Mat<f64>,
+    pub(crate) a33: Mat<f64>,
 }
 
 /// Levels j of the first term that share one block A₁₁ⱼ = Σ zᵢzᵢᵀ. With scalar rest terms,

@@ -7,6 +7,7 @@ use bobyqa::{Bobyqa, Config, Status};
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{Estimates, Model};
+use crate::start::{moment_start, MOMENT_START_MIN_N};
 
 /// Returned by the objective to stop the solver; far below any deviance (which is ≥ −n·log 2π·…
 /// only for degenerate data, and then finite and moderate).
@@ -72,6 +73,7 @@ pub fn fit_interruptible(
     let n_theta = model.n_theta();
     let lower = model.lower_bounds();
     let upper = vec![f64::INFINITY; n_theta];
+    let mut rho_begin = options.rho_begin;
     let mut theta: Vec<f64> = match theta0 {
         Some(t) => {
             if t.len() != n_theta {
@@ -81,11 +83,18 @@ pub fn fit_interruptible(
             }
             t.iter().zip(&lower).map(|(&v, &lb)| v.max(lb)).collect()
         }
-        None => model.theta_start(),
+        None => {
+            let start = default_start(model);
+            if start != model.theta_start() {
+                // Near θ̂ already: a smaller first trust region saves evaluations.
+                rho_begin = rho_begin.min(MOMENT_RHO_BEGIN);
+            }
+            start
+        }
     };
     let mut config = Config::new(n_theta);
-    config.rho_begin = options.rho_begin;
-    config.rho_end = options.rho_end.min(options.rho_begin);
+    config.rho_begin = rho_begin;
+    config.rho_end = options.rho_end.min(rho_begin);
     config.max_fun = if options.max_evals > 0 {
         options.max_evals.max(config.npt + 1)
     } else {
@@ -161,6 +170,23 @@ pub fn fit_interruptible(
             scaled_gradient,
         },
     ))
+}
+
+/// BOBYQA's first trust-region radius from the moments' start (at most; lme4's start uses
+/// [`FitOptions::rho_begin`], 0.2). Measured from the moments' start: InstEval's three-θ model
+/// took 51 evaluations with 0.2, 40 with 0.1, 35 with 0.05; the slopes and MovieLens-like models
+/// 46/45/46 and 28/25/24.
+pub const MOMENT_RHO_BEGIN: f64 = 0.1;
+
+/// The start when none is given: the moments' (see [`crate::start`]) for models of at least
+/// [`MOMENT_START_MIN_N`] observations, lme4's otherwise.
+pub fn default_start(model: &Model) -> Vec<f64> {
+    if model.n_obs() >= MOMENT_START_MIN_N {
+        if let Some(theta) = moment_start(model) {
+            return theta;
+        }
+    }
+    model.theta_start()
 }
 
 /// The point with the lowest finite objective a run evaluated, and that value.

@@ -100,7 +100,10 @@ def fit(
         ``data``, finite and positive. Observation i has residual variance σ²/wᵢ; the REML
         criterion and deviance include −log|W| as lme4's do. A missing weight drops its row.
     start : sequence of float, optional
-        Starting θ (lme4's layout); lme4's start (1 on the diagonals, 0 elsewhere) by default.
+        Starting θ (lme4's layout). By default lme4's start (1 on the diagonals, 0 elsewhere)
+        for models of fewer than 10,000 observations; larger models start from moment
+        estimates of each term's covariance (a few backfitting sweeps over the terms), which
+        reach the same optimum in fewer evaluations.
     max_evals : int, optional
         Budget of objective evaluations for the optimiser (0: the default budget).
 

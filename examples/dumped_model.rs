@@ -73,7 +73,9 @@ fn main() {
         if let Some(rho) = std::env::var("DUMPED_RHO").ok().and_then(|v| v.parse().ok()) {
             options.rho_begin = rho;
         }
-        println!("default start: {:?}", _core::optimize::default_start(&model));
+        let t0 = Instant::now();
+        let default = _core::optimize::default_start(&model);
+        println!("default start ({:.1} ms): {default:?}", t0.elapsed().as_secs_f64() * 1e3);
         let (est, record) = _core::optimize::fit(&mut model, start.as_deref(), options).unwrap();
         println!(
             "fit: {:.1} ms, {} evaluations, objective {:.6}, θ {:?}",

@@ -7,7 +7,7 @@ use bobyqa::{Bobyqa, Config, Status};
 
 use crate::error::{CoreError, CoreResult};
 use crate::model::{Estimates, Model};
-use crate::start::{moment_start, MOMENT_START_MIN_N};
+use crate::start::{moment_start, MOMENT_START_MIN_M, MOMENT_START_MIN_N};
 
 /// Returned by the objective to stop the solver; far below any deviance (which is ≥ −n·log 2π·…
 /// only for degenerate data, and then finite and moderate).
@@ -179,9 +179,10 @@ pub fn fit_interruptible(
 pub const MOMENT_RHO_BEGIN: f64 = 0.1;
 
 /// The start when none is given: the moments' (see [`crate::start`]) for models of at least
-/// [`MOMENT_START_MIN_N`] observations, lme4's otherwise.
+/// [`MOMENT_START_MIN_N`] observations and a rest block of at least [`MOMENT_START_MIN_M`]
+/// columns, lme4's otherwise.
 pub fn default_start(model: &Model) -> Vec<f64> {
-    if model.n_obs() >= MOMENT_START_MIN_N {
+    if model.n_obs() >= MOMENT_START_MIN_N && model.m >= MOMENT_START_MIN_M {
         if let Some(theta) = moment_start(model) {
             return theta;
         }
@@ -215,29 +216,33 @@ pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f
         None => model.objective(theta)?,
     };
     let steps: Vec<f64> = theta.iter().map(|&t| step(t)).collect();
-    let mut t = theta.to_vec();
-    let mut at = |model: &mut Model, moves: &[(usize, f64)]| -> CoreResult<f64> {
+    let moved = |moves: &[(usize, f64)]| -> Vec<f64> {
+        let mut t = theta.to_vec();
         for &(i, d) in moves {
             t[i] = theta[i] + d;
         }
-        let v = model.objective(&t);
-        for &(i, _) in moves {
-            t[i] = theta[i];
-        }
-        v
+        t
     };
-    let mut gradient = vec![0.0; k_all];
-    let (mut plus, mut minus) = (vec![f64::NAN; k_all], vec![f64::NAN; k_all]);
-    for i in 0..k_all {
-        let h = steps[i];
-        plus[i] = at(model, &[(i, h)])?;
-        if theta[i] - h < lower[i] {
-            gradient[i] = (plus[i] - f0) / h;
-        } else {
-            minus[i] = at(model, &[(i, -h)])?;
-            gradient[i] = (plus[i] - minus[i]) / (2.0 * h);
-        }
+    // f(θ + δᵢeᵢ) for every i, then f(θ − δᵢeᵢ) where θᵢ − δᵢ is within its bound.
+    let mut points: Vec<Vec<f64>> = (0..k_all).map(|i| moved(&[(i, steps[i])])).collect();
+    let below: Vec<usize> = (0..k_all).filter(|&i| theta[i] - steps[i] >= lower[i]).collect();
+    points.extend(below.iter().map(|&i| moved(&[(i, -steps[i])])));
+    let values = objectives(model, &points)?;
+    let plus: Vec<f64> = values[..k_all].to_vec();
+    let (mut minus, mut central) = (vec![f64::NAN; k_all], vec![false; k_all]);
+    for (&i, &v) in below.iter().zip(&values[k_all..]) {
+        minus[i] = v;
+        central[i] = true;
     }
+    let gradient: Vec<f64> = (0..k_all)
+        .map(|i| {
+            if central[i] {
+                (plus[i] - minus[i]) / (2.0 * steps[i])
+            } else {
+                (plus[i] - f0) / steps[i]
+            }
+        })
+        .collect();
     if !gradient.iter().any(|g| g.abs() > GRADIENT_TOLERANCE) {
         return Ok((gradient, Vec::new()));
     }
@@ -248,17 +253,22 @@ pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f
     }
     // Central second differences on the diagonal, forward ones off it (k(k−1)/2 evaluations
     // beyond the gradient's).
+    let pairs: Vec<(usize, usize)> = (0..k).flat_map(|a| (0..a).map(move |b| (a, b))).collect();
+    let cross: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|&(a, b)| moved(&[(free[a], steps[free[a]]), (free[b], steps[free[b]])]))
+        .collect();
+    let both = objectives(model, &cross)?;
     let mut h = vec![0.0; k * k];
     for a in 0..k {
         let (i, hi) = (free[a], steps[free[a]]);
         h[a * k + a] = (plus[i] - 2.0 * f0 + minus[i]) / (hi * hi);
-        for b in 0..a {
-            let (j, hj) = (free[b], steps[free[b]]);
-            let both = at(model, &[(i, hi), (j, hj)])?;
-            let v = (both - plus[i] - plus[j] + f0) / (hi * hj);
-            h[a * k + b] = v;
-            h[b * k + a] = v;
-        }
+    }
+    for (&(a, b), &fab) in pairs.iter().zip(&both) {
+        let (i, j) = (free[a], free[b]);
+        let v = (fab - plus[i] - plus[j] + f0) / (steps[i] * steps[j]);
+        h[a * k + b] = v;
+        h[b * k + a] = v;
     }
     // lme4's R = chol(H) is upper with H = RᵀR; ours is the lower L = Rᵀ, so R⁻¹g = L⁻ᵀg.
     if crate::dense::chol_small(&mut h, k).is_err() {
@@ -271,6 +281,37 @@ pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f
         scaled[i] = x[a];
     }
     Ok((gradient, scaled))
+}
+
+/// The convergence check's evaluations run on two threads (the model and a clone, each
+/// sequential inside) when one evaluation is sequential and dominated by a rest block of at
+/// least this many columns; smaller models evaluate faster than a clone is made.
+const CHECK_PARALLEL_MIN_M: usize = 256;
+
+/// f at each point, in order. With a sequential rest block of at least
+/// [`CHECK_PARALLEL_MIN_M`] columns and two threads, the second half of the points is evaluated
+/// on a clone of the model alongside the first; every evaluation gives the same value on
+/// either thread, as sequential and parallel builds of S are the same to the last bit.
+fn objectives(model: &mut Model, points: &[Vec<f64>]) -> CoreResult<Vec<f64>> {
+    let two_threads = points.len() >= 2
+        && model.m >= CHECK_PARALLEL_MIN_M
+        && matches!(model.par, faer::Par::Seq)
+        && rayon::current_num_threads() >= 2;
+    if !two_threads {
+        return points.iter().map(|t| model.objective(t)).collect();
+    }
+    let parallel_schur = model.parallel_schur;
+    model.set_sequential();
+    let mut other = model.clone();
+    let (first, second) = points.split_at(points.len().div_ceil(2));
+    let (a, b) = rayon::join(
+        || first.iter().map(|t| model.objective(t)).collect::<CoreResult<Vec<f64>>>(),
+        || second.iter().map(|t| other.objective(t)).collect::<CoreResult<Vec<f64>>>(),
+    );
+    model.parallel_schur = parallel_schur;
+    let mut values = a?;
+    values.extend(b?);
+    Ok(values)
 }
 
 /// One BOBYQA run from `theta` (overwritten with the best point). A failed factorisation is
@@ -378,6 +419,41 @@ mod tests {
         }
         let known = derivatives(&mut model, &theta, &lower, Some(f0)).unwrap();
         assert_eq!(known, (g, ours));
+    }
+
+    #[test]
+    fn derivatives_on_two_threads_equal_the_sequential_ones() {
+        // A rest block of 300 levels: the check's evaluations are split between the model and
+        // a clone; gradient and scaled gradient are the same bits as on one thread.
+        let n = 6000;
+        let mut state = 11u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 11) as f64) / ((1u64 << 53) as f64)
+        };
+        let x = Mat::<f64>::from_fn(n, 1, |_, _| 1.0);
+        let a: Vec<i32> = (0..n).map(|i| (i % 500) as i32).collect();
+        let b: Vec<i32> = (0..n).map(|i| ((i * 7 + i / 500) % 300) as i32).collect();
+        let y: Vec<f64> = (0..n).map(|i| (a[i] % 7) as f64 * 0.3 + (b[i] % 5) as f64 * 0.4 + next()).collect();
+        let terms = vec![
+            Term::new(&a, vec![1.0; n], 1, 500, 0).unwrap(),
+            Term::new(&b, vec![1.0; n], 1, 300, 1).unwrap(),
+        ];
+        let mut model = Model::new(&y, x.as_ref(), terms, true).unwrap();
+        assert!(model.m >= CHECK_PARALLEL_MIN_M);
+        let theta = [0.7, 0.4];
+        let lower = [0.0, 0.0];
+        let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let one = pool(1).install(|| derivatives(&mut model, &theta, &lower, None)).unwrap();
+        let two = pool(2).install(|| derivatives(&mut model, &theta, &lower, None)).unwrap();
+        assert_eq!(one.1.len(), 2, "far from the optimum: the scaled gradient is formed");
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one.0), bits(&two.0));
+        assert_eq!(bits(&one.1), bits(&two.1));
+        let f = |m: &mut Model, t: [f64; 2]| m.objective(&t).unwrap();
+        let h = step(theta[0]);
+        let central = (f(&mut model, [0.7 + h, 0.4]) - f(&mut model, [0.7 - h, 0.4])) / (2.0 * h);
+        assert_eq!(one.0[0], central);
     }
 
     #[test]

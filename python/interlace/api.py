@@ -100,10 +100,11 @@ def fit(
         ``data``, finite and positive. Observation i has residual variance σ²/wᵢ; the REML
         criterion and deviance include −log|W| as lme4's do. A missing weight drops its row.
     start : sequence of float, optional
-        Starting θ (lme4's layout). By default lme4's start (1 on the diagonals, 0 elsewhere)
-        for models of fewer than 10,000 observations; larger models start from moment
-        estimates of each term's covariance (a few backfitting sweeps over the terms), which
-        reach the same optimum in fewer evaluations.
+        Starting θ (lme4's layout). By default lme4's start (1 on the diagonals, 0
+        elsewhere), except for models of at least 10,000 observations with at least 256
+        random effects outside the term with the most: those start from moment estimates of
+        each term's covariance (a few backfitting sweeps over the terms), which reach the same
+        optimum in fewer evaluations.
     max_evals : int, optional
         Budget of objective evaluations for the optimiser (0: the default budget).
 

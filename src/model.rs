@@ -1732,6 +1732,10 @@ fn subtract_l21_l31t<const Q: usize>(
     level: &mut [f64],
 ) {
     let q = if Q == 0 { q } else { Q };
+    if p1 <= L32_BY_COLUMN_MAX_P1 {
+        subtract_l21_l31t_by_column::<Q>(a, l21_vals, l31t, l32t, q, p1);
+        return;
+    }
     let m = l32t.nrows();
     for t in 0..p1 {
         let col = l32t.col(t).try_as_col_major().unwrap().as_slice();
@@ -1765,6 +1769,31 @@ fn subtract_l21_l31t<const Q: usize>(
         let col = l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
         for r in 0..m {
             col[r] = rows[r * p1 + t];
+        }
+    }
+}
+
+/// Up to this many columns of [X y], [`subtract_l21_l31t`] reads L₂₁ once per column instead:
+/// the row-major copy costs more than the passes it saves (`crossed_20k`, p + 1 = 3: the
+/// fastest of 500 objectives 0.11–0.17 ms by column, 0.13–0.20 ms by rows).
+const L32_BY_COLUMN_MAX_P1: usize = 4;
+
+/// [`subtract_l21_l31t`] one column of L₃₂ᵀ at a time (the same products in the same order).
+fn subtract_l21_l31t_by_column<const Q: usize>(a: &Crossprod, l21_vals: &[f64], l31t: &Mat<f64>, l32t: &mut Mat<f64>, q: usize, p1: usize) {
+    let q = if Q == 0 { q } else { Q };
+    for t in 0..p1 {
+        let w_all = l31t.col(t).try_as_col_major().unwrap().as_slice();
+        let col = l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+        for j in 0..a.a21_ptr.len() - 1 {
+            let (s, e) = (a.a21_ptr[j], a.a21_ptr[j + 1]);
+            let w = &w_all[j * q..(j + 1) * q];
+            for (&r, va) in a.a21_rows[s..e].iter().zip(l21_vals[s * q..e * q].chunks_exact(q)) {
+                let mut dot = 0.0;
+                for c in 0..q {
+                    dot += va[c] * w[c];
+                }
+                col[r] -= dot;
+            }
         }
     }
 }

@@ -310,8 +310,15 @@ impl std::fmt::Debug for Scratch {
 }
 
 impl Model {
-    /// Forms the blocked crossproduct. `x` is n × p column-major; `terms` in lme4's order.
+    /// Forms the blocked crossproduct. `x` is n × p; `terms` in lme4's order. Copies y and x;
+    /// [`Model::from_owned`] takes them.
     pub fn new(y: &[f64], x: MatRef<'_, f64>, terms: Vec<Term>, reml: bool) -> CoreResult<Self> {
+        Model::from_owned(y.to_vec(), x.to_owned(), terms, reml)
+    }
+
+    /// [`Model::new`] on a response and fixed-effects matrix the model keeps: no copy of either
+    /// (a copy of a large X costs more than its crossproduct).
+    pub fn from_owned(y: Vec<f64>, x: Mat<f64>, terms: Vec<Term>, reml: bool) -> CoreResult<Self> {
         let n = y.len();
         let p = x.ncols();
         if x.nrows() != n {
@@ -387,7 +394,7 @@ impl Model {
         let m = rest_rows.len();
         let rest_base = rest_level_bases(&terms, &rest_offsets);
 
-        let a = Self::crossprod(y, x, &terms, &rest_base, m);
+        let a = Self::crossprod(&y, x.as_ref(), &terms, &rest_base, m);
         let q1 = terms[0].q;
         let l = Factor {
             l11: vec![0.0; a.a11.len()],
@@ -411,8 +418,8 @@ impl Model {
             n,
             p,
             reml,
-            y: y.to_vec(),
-            x: x.to_owned(),
+            y,
+            x,
             terms,
             theta_offsets,
             n_theta,
@@ -466,7 +473,7 @@ impl Model {
                 row.iter_mut().for_each(|v| *v *= s);
             }
         }
-        let mut model = Model::new(&ys, xs.as_ref(), terms, reml)?;
+        let mut model = Model::from_owned(ys, xs, terms, reml)?;
         model.set_sqrt_weights(sqrt_w);
         Ok(model)
     }
@@ -683,13 +690,14 @@ impl Model {
         let t1 = &terms[0];
         let (q1, l1) = (t1.q, t1.n_levels);
 
-        // [X y] as one n × (p+1) matrix.
-        let mut xy = Mat::<f64>::zeros(n, p + 1);
-        xy.as_mut().get_mut(.., ..p).copy_from(x);
-        for i in 0..n {
-            xy[(i, p)] = y[i];
-        }
-
+        // Column t of [X y], read in place (x is an owned, column-major matrix).
+        let column = |t: usize| -> &[f64] {
+            if t < p {
+                x.col(t).try_as_col_major().unwrap().as_slice()
+            } else {
+                y
+            }
+        };
         let mut a11 = vec![0.0; l1 * q1 * q1];
         let mut a31t = Mat::<f64>::zeros(q1 * l1, p + 1);
         for i in 0..n {
@@ -701,10 +709,24 @@ impl Model {
                     blk[c2 * q1 + c1] += z[c1] * z[c2];
                 }
             }
-            for t in 0..=p {
-                let v = xy[(i, t)];
-                for c in 0..q1 {
-                    a31t[(j * q1 + c, t)] += z[c] * v;
+        }
+        // Column by column: each column of A₃₁ᵀ (l1·q1 entries) stays in cache while one column
+        // of [X y] streams past; every entry sums its observations in the same order as a pass by
+        // rows would.
+        for t in 0..=p {
+            let v = column(t);
+            let out = a31t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+            if q1 == 1 {
+                for ((&j, &z), &v) in t1.codes.iter().zip(&t1.z).zip(v) {
+                    out[j as usize] += z * v;
+                }
+            } else {
+                for (i, &v) in v.iter().enumerate() {
+                    let j = t1.codes[i] as usize;
+                    let z = t1.z_row(i);
+                    for c in 0..q1 {
+                        out[j * q1 + c] += z[c] * v;
+                    }
                 }
             }
         }
@@ -844,10 +866,25 @@ impl Model {
                             }
                         }
                     }
-                    for t in 0..=p {
-                        let v = xy[(i, t)];
-                        for ck in 0..tk.q {
-                            a32t[(bk + ck, t)] += zk[ck] * v;
+                }
+            }
+            // A₃₂ᵀ by columns of [X y], as A₃₁ᵀ above.
+            for t in 0..=p {
+                let v = column(t);
+                let out = a32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+                for (k, tk) in terms.iter().enumerate().skip(1) {
+                    let base = &rest_base[k];
+                    if tk.q == 1 {
+                        for ((&j, &z), &v) in tk.codes.iter().zip(&tk.z).zip(v) {
+                            out[base[j as usize]] += z * v;
+                        }
+                    } else {
+                        for (i, &v) in v.iter().enumerate() {
+                            let bk = base[tk.codes[i] as usize];
+                            let zk = tk.z_row(i);
+                            for ck in 0..tk.q {
+                                out[bk + ck] += zk[ck] * v;
+                            }
                         }
                     }
                 }
@@ -855,7 +892,12 @@ impl Model {
         }
 
         let mut a33 = Mat::<f64>::zeros(p + 1, p + 1);
-        matmul(a33.as_mut(), Accum::Replace, xy.transpose(), xy.as_ref(), 1.0, Par::Seq);
+        matmul(a33.as_mut().get_mut(..p, ..p), Accum::Replace, x.transpose(), x, 1.0, Par::Seq);
+        for t in 0..=p {
+            let s: f64 = column(t).iter().zip(y).map(|(a, b)| a * b).sum();
+            a33[(p, t)] = s;
+            a33[(t, p)] = s;
+        }
 
         Crossprod {
             a11,

@@ -94,7 +94,17 @@ impl PyModel {
         let weights: Option<Vec<f64>> = weights.map(|w| w.as_array().iter().copied().collect());
         let xa = x.as_array();
         let (n, p) = (xa.nrows(), xa.ncols());
-        let xm = Mat::<f64>::from_fn(n, p, |i, j| xa[[i, j]]);
+        let xm = match x.as_slice() {
+            // Fortran order (what `_core_model` passes): one copy per column.
+            Ok(flat) if xa.t().is_standard_layout() => {
+                let mut xm = Mat::<f64>::zeros(n, p);
+                for j in 0..p {
+                    xm.as_mut().col_mut(j).try_as_col_major_mut().unwrap().as_slice_mut().copy_from_slice(&flat[j * n..(j + 1) * n]);
+                }
+                xm
+            }
+            _ => Mat::<f64>::from_fn(n, p, |i, j| xa[[i, j]]),
+        };
         let mut raw_terms = Vec::with_capacity(codes.len());
         for (k, (c, zk)) in codes.iter().zip(&z).enumerate() {
             let za = zk.as_array();
@@ -125,7 +135,7 @@ impl PyModel {
             }
             match &weights {
                 Some(w) => Model::with_weights(&y, xm.as_ref(), terms, reml, w),
-                None => Model::new(&y, xm.as_ref(), terms, reml),
+                None => Model::from_owned(y, xm, terms, reml),
             }
         })?;
         Ok(PyModel { inner })

@@ -495,6 +495,35 @@ def test_aliasing_tolerance_is_relative_to_the_column_norm() -> None:
     assert design.dropped_fixed == ("huge",)
 
 
+@pytest.mark.parametrize("aliased", [False, True])
+def test_one_qr_of_x_and_y_gives_the_aliasing_and_the_least_squares_residual(aliased) -> None:
+    # build_design takes both checks from one QR of [X y]: the same aliased columns as
+    # _aliased_columns alone, and |R[p, p]| = the least-squares residual norm of y / max|y|.
+    from interlace.design import _aliased_columns, _aliased_columns_and_residual
+
+    rng = np.random.default_rng(7)
+    x = np.asfortranarray(rng.normal(size=(3000, 5)))
+    if aliased:
+        x[:, 3] = x[:, 0] - 2.0 * x[:, 1]
+    y = x @ np.arange(1.0, 6.0) + rng.normal(size=3000)
+    found, residual = _aliased_columns_and_residual(x, y)
+    assert found == _aliased_columns(x) == ([3] if aliased else [])
+    if aliased:
+        assert residual is None  # computed on the kept columns by the caller
+    else:
+        scaled = y / np.max(np.abs(y))
+        fit = np.linalg.lstsq(x, scaled, rcond=None)[0]
+        assert residual == pytest.approx(np.linalg.norm(scaled - x @ fit), rel=1e-10)
+
+
+def test_response_fitted_exactly_after_an_aliased_column_is_refused() -> None:
+    frame = make_frame()
+    frame["x2"] = 2.0 * frame["x"]
+    frame["y"] = 1.0 + 3.0 * frame["x"]
+    with pytest.raises(DataError, match=r"^response 'y' is fitted exactly by the fixed effects"):
+        build_design_from("y ~ x + x2 + (1 | subject)", frame)
+
+
 def test_full_rank_design_drops_nothing() -> None:
     design = build_design_from("y ~ x * condition + (1 | subject)", make_frame())
     assert design.dropped_fixed == ()

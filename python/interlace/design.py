@@ -256,10 +256,14 @@ def build_design(parsed: ParsedFormula, data: object, weights: object = None) ->
     model_frame = frame.reset_index(drop=True)
 
     y, x_full, full_names, fixed_spec = _fixed_part(parsed, model_frame)
-    aliased = _aliased_columns(x_full)
+    aliased, residual = _aliased_columns_and_residual(x_full, y)
     kept = sorted(set(range(x_full.shape[1])) - set(aliased))
-    x = np.asfortranarray(x_full[:, kept], dtype=np.float64)
-    _check_response_not_fitted_exactly(parsed.response, y, x)
+    # x_full is a fresh float64 Fortran array unless it is a view (one column of a frame).
+    if aliased or not (x_full.flags.owndata and x_full.flags.f_contiguous):
+        x = np.array(x_full[:, kept], dtype=np.float64, order="F")
+    else:
+        x = x_full
+    _check_response_not_fitted_exactly(parsed.response, y, x, residual)
 
     groupings: dict[tuple[str, ...], tuple[pd.Index, np.ndarray]] = {}
     terms: list[ReTerm] = []
@@ -664,19 +668,20 @@ def _numeric_matrix(columns: list[str | None], frame: pd.DataFrame) -> np.ndarra
     return matrix
 
 
-def _check_response_not_fitted_exactly(response: str, y: np.ndarray, x: np.ndarray) -> None:
+def _check_response_not_fitted_exactly(
+    response: str, y: np.ndarray, x: np.ndarray, residual: float | None = None
+) -> None:
     """A response the fixed effects reproduce exactly (a constant one, with an intercept) has
     no residual variation: σ̂ = 0 and an unbounded likelihood, where lme4 returns noise and
-    convergence warnings. Refuse it, naming the response."""
+    convergence warnings. Refuse it, naming the response. ``residual``, when given, is the
+    residual norm of y / max|y| on x (see :func:`_aliased_columns_and_residual`)."""
     scale = float(np.max(np.abs(y))) if y.size else 0.0
     if scale == 0.0:
         residual = 0.0
     elif x.shape[1] == 0:
         return
-    else:
-        # |R[p, p]| of the QR of [X y] is the residual norm of y on X; y scaled to max 1 so
-        # the test is the same for y and c·y.
-        r = _r_factor(np.column_stack([x, y / scale]))
+    elif residual is None:
+        r = _r_factor(_with_scaled_response(x, y, scale))
         residual = float(abs(r[-1, -1])) if r.shape[0] == r.shape[1] else 0.0
     if residual <= 1e-12 * math.sqrt(y.size):
         values = np.unique(y)
@@ -689,6 +694,31 @@ def _check_response_not_fitted_exactly(response: str, y: np.ndarray, x: np.ndarr
             f"response '{response}' {what}: a linear mixed model needs residual variation; "
             "check the response column"
         )
+
+
+def _with_scaled_response(x: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
+    """[x, y/scale] in Fortran order, ready for LAPACK's QR. |R[p, p]| of its QR is the
+    residual norm of y/scale on x; y scaled to max 1, so the test is the same for y and c·y."""
+    matrix = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float64, order="F")
+    matrix[:, :-1] = x
+    np.divide(y, scale, out=matrix[:, -1])
+    return matrix
+
+
+def _aliased_columns_and_residual(x: np.ndarray, y: np.ndarray) -> tuple[list[int], float | None]:
+    """:func:`_aliased_columns` of ``x``, and the residual norm of y / max|y| on the columns
+    kept, from one QR of [x y]: R's leading columns are the QR of x alone. The residual is
+    None when a column is aliased (the QR is then repeated without it) or x has no columns."""
+    n_rows, n_columns = x.shape
+    scale = float(np.max(np.abs(y))) if y.size else 0.0
+    if n_columns == 0 or scale == 0.0 or n_columns >= n_rows:
+        return _aliased_columns(x), None
+    norms = np.linalg.norm(x, axis=0)
+    r = _r_factor(_with_scaled_response(x, y, scale))
+    distances = np.abs(np.diagonal(r))
+    if np.any(distances[:n_columns] <= ALIASING_TOLERANCE * norms):
+        return _aliased_columns(x), None
+    return [], float(distances[n_columns])
 
 
 def _r_factor(matrix: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ pub mod influence;
 pub mod model;
 pub mod optimize;
 mod sparse_rest;
+mod sparse_split;
 pub mod start;
 
 #[cfg(feature = "python")]

@@ -1144,7 +1144,7 @@ impl Model {
                 sp.fill(scale, self.parallel_schur, SCHUR_PANEL, |k, panel| {
                     schur_panel(a, l21_vals, scale, lam1, q1, false, k, panel)
                 });
-                sp.factor().map_err(|pivot| CoreError::NotPositiveDefinite {
+                sp.factor(self.parallel_schur).map_err(|pivot| CoreError::NotPositiveDefinite {
                     block: "random-effects".into(),
                     pivot,
                 })?;

@@ -6,7 +6,9 @@
 //! full, and with an approximate-minimum-degree ordering its Cholesky factor needs 1.2 × 10⁸
 //! flops against 5.1 × 10⁸ dense. The pattern and the symbolic factorisation (ordering,
 //! supernodes) are computed once per model; per θ the values of S are gathered column by column
-//! from the same dense column the dense path builds, and faer's supernodal LLᵀ factors them.
+//! from the same dense column the dense path builds, and faer's supernodal LLᵀ factors them,
+//! or, where the elimination tree splits into subtrees that keep two threads busy, the cut
+//! factorisation of [`crate::sparse_split`] does.
 //!
 //! The objective needs from the rest block only log|L₂₂|² and the update of the [X y] block,
 //! L₃₃L₃₃ᵀ = A₃₃ − L₃₁L₃₁ᵀ − CᵀS⁻¹C with C = Λ_restᵀA₃₂ᵀ − Σⱼ L₂₁ⱼL₃₁ⱼᵀ, and CᵀS⁻¹C does not
@@ -26,6 +28,8 @@ use faer::sparse::linalg::cholesky::{
 use faer::sparse::linalg::SupernodalThreshold;
 use faer::sparse::{SparseColMatRef, SymbolicSparseColMatRef};
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par, Side, Spec};
+
+use crate::sparse_split::{SplitPlan, SplitWork};
 
 /// Rest blocks smaller than this stay dense: their dense factor costs microseconds.
 pub(crate) const SPARSE_REST_MIN: usize = 256;
@@ -90,6 +94,9 @@ struct Shared {
     a22_vals: Vec<f64>,
     symbolic: SymbolicCholesky<usize>,
     req: StackReq,
+    /// The same order's elimination tree cut for two threads, where that is estimated to pay
+    /// (see `sparse_split`); the supernodal factor otherwise.
+    split: Option<SplitPlan>,
 }
 
 /// The sparse rest block: the pattern and symbolic factor (shared by clones) and the numeric
@@ -104,6 +111,7 @@ pub(crate) struct SparseRest {
     work2: Mat<f64>,
     rhs: Mat<f64>,
     buffer: MemBuffer,
+    split_work: Option<SplitWork>,
     /// log|L₂₂|² of the last factorisation.
     pub(crate) logdet: f64,
 }
@@ -180,25 +188,29 @@ impl SparseRest {
             }
             a22_pattern.col_ptr.push(a22_vals.len());
         }
+        let split = SplitPlan::new(&symbolic, &pattern, sparse, rayon::current_num_threads());
         let shared = Arc::new(Shared {
             pattern,
             a22: a22_pattern,
             a22_vals,
             symbolic,
             req,
+            split,
         });
         Some(SparseRest::with_shared(shared, p1))
     }
 
     fn with_shared(shared: Arc<Shared>, p1: usize) -> SparseRest {
         let m = shared.symbolic.nrows();
+        let split_work = shared.split.as_ref().map(|plan| plan.work(p1));
         SparseRest {
             values: vec![0.0; shared.pattern.nnz()],
-            l_values: vec![0.0; shared.symbolic.len_val()],
+            l_values: if split_work.is_some() { Vec::new() } else { vec![0.0; shared.symbolic.len_val()] },
             work: Mat::zeros(m, 0),
             work2: Mat::zeros(m, 0),
             rhs: Mat::zeros(m, p1),
-            buffer: MemBuffer::new(shared.req),
+            buffer: MemBuffer::new(if split_work.is_some() { StackReq::EMPTY } else { shared.req }),
+            split_work,
             logdet: 0.0,
             shared,
         }
@@ -258,8 +270,12 @@ impl SparseRest {
 
     /// Factors S; on success sets `logdet`. A non-positive pivot is reported by its index in
     /// the fill-reducing order.
-    pub(crate) fn factor(&mut self) -> Result<(), usize> {
+    pub(crate) fn factor(&mut self, parallel: bool) -> Result<(), usize> {
         let shared = &*self.shared;
+        if let (Some(plan), Some(work)) = (&shared.split, self.split_work.as_mut()) {
+            self.logdet = plan.factor(&self.values, work, parallel)?;
+            return Ok(());
+        }
         let m = self.work.nrows();
         let structure =
             SymbolicSparseColMatRef::new_checked(m, m, &shared.pattern.col_ptr, None, &shared.pattern.row_idx);
@@ -298,6 +314,10 @@ impl SparseRest {
     /// that is XᵀX for X = L⁻¹PC, a forward substitution only.
     pub(crate) fn subtract_quadratic_form(&mut self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>) {
         let shared = &*self.shared;
+        if let (Some(plan), Some(work)) = (&shared.split, self.split_work.as_mut()) {
+            plan.subtract_quadratic_form(c, l33, work);
+            return;
+        }
         match shared.symbolic.perm() {
             Some(perm) => {
                 let fwd = perm.arrays().0;

@@ -300,7 +300,7 @@ fn objectives(model: &mut Model, points: &[Vec<f64>]) -> CoreResult<Vec<f64>> {
     if !two_threads {
         return points.iter().map(|t| model.objective(t)).collect();
     }
-    let parallel_schur = model.parallel_schur;
+    let (parallel_schur, parallel_estimates) = (model.parallel_schur, model.parallel_estimates);
     model.set_sequential();
     let mut other = model.clone();
     let (first, second) = points.split_at(points.len().div_ceil(2));
@@ -308,7 +308,7 @@ fn objectives(model: &mut Model, points: &[Vec<f64>]) -> CoreResult<Vec<f64>> {
         || first.iter().map(|t| model.objective(t)).collect::<CoreResult<Vec<f64>>>(),
         || second.iter().map(|t| other.objective(t)).collect::<CoreResult<Vec<f64>>>(),
     );
-    model.parallel_schur = parallel_schur;
+    (model.parallel_schur, model.parallel_estimates) = (parallel_schur, parallel_estimates);
     let mut values = a?;
     values.extend(b?);
     Ok(values)

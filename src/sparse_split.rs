@@ -231,7 +231,7 @@ impl SplitPlan {
         let top_offset = offset;
         let t = top.len();
         // The arena, the second thread's t × t updates and the two products, in doubles: at
-        // most 2m² (InstEval: 0.9 m²; the supernodal factor needs at most m²/2), and at most a
+        // most 2m² (InstEval: 1.2 m²; the supernodal factor needs at most m²/2), and at most a
         // quarter of the memory left, as the model's memory estimate does not count them.
         let max_r = subtrees.iter().map(|st| st.rows.len()).max().unwrap_or(0) as u128;
         let workspace = (top_offset + 2 * t * t) as u128 + 2 * max_r * max_r;

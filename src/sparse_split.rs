@@ -307,7 +307,9 @@ impl SplitPlan {
     /// fill-reducing order) of a non-positive pivot.
     pub(crate) fn factor(&self, values: &[f64], w: &mut SplitWork, parallel: bool) -> Result<f64, usize> {
         let t = self.top.len();
-        w.arena.fill(0.0);
+        // Only what the factorisation reads: the subtrees' blocks and the top's lower triangle.
+        w.arena[..self.top_offset].fill(0.0);
+        zero_lower(&mut w.arena[self.top_offset..], t);
         for (&at, &v) in self.dest.iter().zip(values) {
             w.arena[at] = v;
         }
@@ -322,13 +324,13 @@ impl SplitPlan {
             rayon::join(
                 || eliminate(subtrees0, part0, 0, top_mat, prod0, buf0),
                 || {
-                    update.fill(0.0);
+                    zero_lower_mat(update.as_mut());
                     eliminate(subtrees1, part1, self.second_offset, update.as_mut(), prod1, buf1)
                 },
             )
         } else {
             let first = eliminate(subtrees0, part0, 0, top_mat, prod0, buf0);
-            update.fill(0.0);
+            zero_lower_mat(update.as_mut());
             (first, eliminate(subtrees1, part1, self.second_offset, update.as_mut(), prod1, buf1))
         };
         let mut logdet = first? + second?;
@@ -384,6 +386,21 @@ impl SplitPlan {
         let top = MatRef::from_column_major_slice(&w.arena[self.top_offset..self.top_offset + t * t], t, t);
         solve_lower_triangular_in_place(top, w.top_rhs.as_mut(), Par::Seq);
         matmul(l33, Accum::Add, w.top_rhs.transpose(), w.top_rhs.as_ref(), -1.0, Par::Seq);
+    }
+}
+
+/// Zeroes the lower triangle (diagonal included) of the t × t column-major matrix `a`.
+fn zero_lower(a: &mut [f64], t: usize) {
+    for c in 0..t {
+        a[c * t + c..(c + 1) * t].fill(0.0);
+    }
+}
+
+/// [`zero_lower`] of a square matrix view.
+fn zero_lower_mat(mut a: MatMut<'_, f64>) {
+    let n = a.nrows();
+    for c in 0..a.ncols() {
+        a.as_mut().col_mut(c).subrows_mut(c, n - c).fill(0.0);
     }
 }
 

@@ -13,6 +13,7 @@ pub mod model;
 pub mod optimize;
 mod sparse_rest;
 mod sparse_split;
+mod two_threads;
 pub mod start;
 
 #[cfg(feature = "python")]

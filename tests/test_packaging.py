@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -90,10 +91,20 @@ def test_abi3_wheel_builds_installs_and_fits(tmp_path):
     } <= names
     assert "interlace=interlace.cli:main" in entry_points.replace(" ", "")
 
-    # Installed into a fresh environment (dependencies from this one), run outside the tree.
+    # Installed into a fresh environment, run outside the tree. Its dependencies come from
+    # this environment's site-packages, listed in a .pth file (--system-site-packages would give
+    # the base interpreter's, which need not have them when this one is a virtualenv).
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    venv_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    here = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    Path(venv_site, "_outer_environment.pth").write_text("".join(f"{p}\n" for p in here))
     subprocess.run(
         [
             str(python),

@@ -173,10 +173,14 @@ pub fn fit_interruptible(
 }
 
 /// BOBYQA's first trust-region radius from the moments' start (at most; lme4's start uses
-/// [`FitOptions::rho_begin`], 0.2). Measured from the moments' start: InstEval's three-θ model
-/// took 51 evaluations with 0.2, 40 with 0.1, 35 with 0.05; the slopes and MovieLens-like models
-/// 46/45/46 and 28/25/24.
-pub const MOMENT_RHO_BEGIN: f64 = 0.1;
+/// [`FitOptions::rho_begin`], 0.2). Measured from the moments' start (`DUMPED_FIT=1
+/// DUMPED_RHO=ρ cargo run --release --example dumped_model`), evaluations with ρ = 0.1, 0.05
+/// and 0.03: InstEval ML 41/33/32, InstEval REML 22/21/19, the 200,000-row intercepts 26/26/24
+/// and slopes 44/43/39, MovieLens-like 24/22/20, at the same optima. From starts three times
+/// too large or too small (`DUMPED_START`), 0.05 took fewer evaluations than 0.1 in all five
+/// tries (InstEval ML 59–73 against 84–92, slopes 142–160 against 145–169), where 0.03 took up
+/// to 188: a start far from θ̂ costs no more with 0.05 than with 0.1.
+pub const MOMENT_RHO_BEGIN: f64 = 0.05;
 
 /// The start when none is given: the moments' (see [`crate::start`]) for models of at least
 /// [`MOMENT_START_MIN_N`] observations and a rest block of at least [`MOMENT_START_MIN_M`]

@@ -1098,15 +1098,23 @@ impl Model {
                 })?;
         }
 
-        // L₃₁ᵀ blocks: L₁₁ⱼ⁻¹ λ₁ᵀ A₃₁ⱼᵀ.
+        // L₃₁ᵀ blocks: L₁₁ⱼ⁻¹ λ₁ᵀ A₃₁ⱼᵀ, one column of [X y] at a time (a pass over the levels
+        // per column; each entry's arithmetic is the same as level by level). A scalar first
+        // term is a multiply and a divide per entry: InstEval REML's 29 columns took 0.41 ms
+        // level by level.
         l.l31t.as_mut().copy_from(a.a31t.as_ref());
         let mut v = [0.0f64; 64];
-        for j in 0..l1 {
-            let lj = &l.l11[j * q1 * q1..(j + 1) * q1 * q1];
-            for t in 0..p1 {
-                let col = l.l31t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
-                let seg = &mut col[j * q1..(j + 1) * q1];
-                apply_lambda_t_then_solve(seg, lam1, lj, q1, &mut v);
+        for t in 0..p1 {
+            let col = l.l31t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+            if q1 == 1 {
+                let lam = lam1[0];
+                for (x, &d) in col.iter_mut().zip(&l.l11) {
+                    *x = (lam * *x) / d;
+                }
+            } else {
+                for (seg, lj) in col.chunks_exact_mut(q1).zip(l.l11.chunks_exact(q1 * q1)) {
+                    apply_lambda_t_then_solve(seg, lam1, lj, q1, &mut v);
+                }
             }
         }
 

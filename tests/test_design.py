@@ -624,6 +624,18 @@ def test_response_expression_producing_inf_is_an_error() -> None:
         build_design_from("np.log(y) ~ x + (1 | subject)", frame)
 
 
+def test_finite_values_whose_column_sum_overflows_are_not_an_error() -> None:
+    # The finiteness check sums each column first; a sum of large finite values overflows to
+    # infinity, and the values must then be counted one by one, not refused.
+    from interlace.design import _check_finite_columns
+
+    matrix = np.asfortranarray(np.column_stack([np.full(10, 1e308), np.arange(10.0)]))
+    _check_finite_columns(matrix, ["big", "x"], "column")
+    matrix[3, 1] = np.nan
+    with pytest.raises(DataError, match=r"column 'x' has 1 non-finite value"):
+        _check_finite_columns(matrix, ["big", "x"], "column")
+
+
 def test_no_complete_rows_says_which_columns_were_missing() -> None:
     frame = make_frame()
     frame["x"] = np.nan

@@ -1262,22 +1262,7 @@ fn deletion_diagnostics(marginal: &Marginal, beta_deleted: &[f64], cov_deleted: 
 #[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator, so the tests need no extra crate.
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
-        }
-        fn normal(&mut self) -> f64 {
-            let (u1, u2) = (self.next().max(1e-300), self.next());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-        fn below(&mut self, k: usize) -> usize {
-            ((self.next() * k as f64) as usize).min(k - 1)
-        }
-    }
+    use crate::test_rng::Lcg;
 
     /// A crossed design with real signal: term 0 (intercept + slope, 8 levels), term 1
     /// (intercept, 5 levels), p = 2.

@@ -15,6 +15,8 @@ mod sparse_rest;
 mod sparse_split;
 mod two_threads;
 pub mod start;
+#[cfg(test)]
+mod test_rng;
 
 #[cfg(feature = "python")]
 mod py;

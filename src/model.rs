@@ -2154,22 +2154,7 @@ fn scale_rest_sym(s: &mut Mat<f64>, rest_rows: &[RestRow], rest_offsets: &[usize
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A small pseudo-random generator so the tests need no extra crate state.
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
-        }
-        fn normal(&mut self) -> f64 {
-            let (u1, u2) = (self.next().max(1e-300), self.next());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-        fn below(&mut self, k: usize) -> usize {
-            ((self.next() * k as f64) as usize).min(k - 1)
-        }
-    }
+    use crate::test_rng::Lcg;
 
     struct Design {
         y: Vec<f64>,

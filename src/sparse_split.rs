@@ -626,14 +626,7 @@ mod tests {
     use faer::sparse::linalg::SupernodalThreshold;
     use faer::sparse::SymbolicSparseColMatRef;
     use faer::Side;
-
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::test_rng::Lcg;
 
     /// A random SPD matrix of m columns whose links mostly stay within `blocks` clusters,
     /// as S does within InstEval's departments.

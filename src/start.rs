@@ -233,21 +233,7 @@ mod tests {
     use crate::model::Term;
     use crate::optimize::{default_start, fit, FitOptions};
     use faer::Mat;
-
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 11) as f64) / ((1u64 << 53) as f64)
-        }
-        fn normal(&mut self) -> f64 {
-            let (u1, u2) = (self.next().max(1e-300), self.next());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-        fn below(&mut self, k: usize) -> usize {
-            ((self.next() * k as f64) as usize).min(k - 1)
-        }
-    }
+    use crate::test_rng::Lcg;
 
     /// y = 2 + x + (a + c·x) for subject s + d for item i + ε, with (a, c) ~ N(0, [[0.64, 0.12],
     /// [0.12, 0.25]]), d ~ N(0, 0.36), ε ~ N(0, 1): λ_subject = chol of that covariance

@@ -61,6 +61,8 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!("objective {value:.6}: median {:.2} ms, min {:.2} ms over {reps}", times[reps / 2], times[0]);
+    let pct = |f: f64| times[((reps as f64 - 1.0) * f) as usize];
+    println!("  percentiles 10/25/50/75/90: {:.2} {:.2} {:.2} {:.2} {:.2}", pct(0.1), pct(0.25), pct(0.5), pct(0.75), pct(0.9));
     let mut times = Vec::new();
     let mut objective = 0.0;
     for _ in 0..reps.clamp(1, 10) {
@@ -70,6 +72,26 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!("estimates {objective:.6}: median {:.1} ms, min {:.1} ms over {}", times[times.len() / 2], times[0], times.len());
+    let (mut full, mut modes) = (Vec::new(), Vec::new());
+    for _ in 0..reps.clamp(1, 10) {
+        let t = Instant::now();
+        model.estimates(&theta).unwrap();
+        full.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        model.estimates_with(&theta, false).unwrap();
+        modes.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    full.sort_by(f64::total_cmp);
+    modes.sort_by(f64::total_cmp);
+    println!("alternating: estimates median {:.1} ms, without conditional covariances {:.1} ms", full[full.len() / 2], modes[modes.len() / 2]);
+    let mut times = Vec::new();
+    for _ in 0..reps.clamp(1, 10) {
+        let t = Instant::now();
+        model.update_l(&theta).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("update_l (dense): median {:.1} ms, min {:.1} ms", times[times.len() / 2], times[0]);
     if std::env::var_os("DUMPED_FIT").is_some() {
         let t = Instant::now();
         // DUMPED_START="t1,t2,..." and DUMPED_RHO=ρ_begin try other starting points.

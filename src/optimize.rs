@@ -27,6 +27,9 @@ pub struct FitOptions {
     /// θ̂ for the convergence check. Off for the refits of case deletion and the bootstrap,
     /// which report only the optimiser's status.
     pub convergence_check: bool,
+    /// Form the conditional covariances of the modes at θ̂ ([`Model::estimates_with`]). Off
+    /// for `interlace.fit`, which forms them when they are first asked for.
+    pub conditional_covariances: bool,
 }
 
 impl Default for FitOptions {
@@ -36,6 +39,7 @@ impl Default for FitOptions {
             rho_end: 1e-7,
             max_evals: 0,
             convergence_check: true,
+            conditional_covariances: true,
         }
     }
 }
@@ -159,7 +163,7 @@ pub fn fit_interruptible(
     } else {
         (vec![f64::NAN; theta.len()], Vec::new())
     };
-    let estimates = model.estimates(&theta)?;
+    let estimates = model.estimates_with(&theta, options.conditional_covariances)?;
     Ok((
         estimates,
         OptimizationRecord {

@@ -187,7 +187,7 @@ impl PyModel {
         estimates_to_dict(py, est, &self.inner)
     }
 
-    #[pyo3(signature = (theta0=None, rho_begin=0.2, rho_end=1e-7, max_evals=0))]
+    #[pyo3(signature = (theta0=None, rho_begin=0.2, rho_end=1e-7, max_evals=0, conditional_covariances=true))]
     fn fit<'py>(
         &mut self,
         py: Python<'py>,
@@ -195,6 +195,7 @@ impl PyModel {
         rho_begin: f64,
         rho_end: f64,
         max_evals: usize,
+        conditional_covariances: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         if !(rho_begin.is_finite() && rho_begin > 0.0 && rho_end.is_finite() && rho_end > 0.0) {
             return Err(to_pyerr(
@@ -210,6 +211,7 @@ impl PyModel {
             rho_end,
             max_evals,
             convergence_check: true,
+            conditional_covariances,
         };
         let model = &mut self.inner;
         // Ctrl-C: between evaluations, at most every 50 ms, briefly take the GIL and let Python
@@ -240,17 +242,23 @@ fn estimates_to_dict<'py>(py: Python<'py>, est: Estimates, model: &Model) -> PyR
     let cov = Array2::from_shape_vec((p, p), est.beta_cov).map_err(|e| PyValueError::new_err(e.to_string()))?;
     d.set_item("beta_cov", cov.into_pyarray(py))?;
     let mut b_list = Vec::new();
-    let mut cov_list = Vec::new();
-    for ((bk, ck), t) in est.b.into_iter().zip(est.b_cond_cov).zip(model.terms()) {
-        let (nl, q) = (t.n_levels, t.q);
-        let bk = Array2::from_shape_vec((nl, q), bk).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        // each q × q block is symmetric, so its column-major layout reads the same row-major.
-        let ck = Array3::from_shape_vec((nl, q, q), ck).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    for (bk, t) in est.b.into_iter().zip(model.terms()) {
+        let bk = Array2::from_shape_vec((t.n_levels, t.q), bk).map_err(|e| PyValueError::new_err(e.to_string()))?;
         b_list.push(bk.into_pyarray(py));
-        cov_list.push(ck.into_pyarray(py));
     }
     d.set_item("b", b_list)?;
-    d.set_item("b_cond_cov", cov_list)?;
+    if est.b_cond_cov.is_empty() && !model.terms().is_empty() {
+        // Not formed (`fit(conditional_covariances=False)`).
+        d.set_item("b_cond_cov", py.None())?;
+    } else {
+        let mut cov_list = Vec::new();
+        for (ck, t) in est.b_cond_cov.into_iter().zip(model.terms()) {
+            // each q × q block is symmetric, so its column-major layout reads the same row-major.
+            let ck = Array3::from_shape_vec((t.n_levels, t.q, t.q), ck).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            cov_list.push(ck.into_pyarray(py));
+        }
+        d.set_item("b_cond_cov", cov_list)?;
+    }
     d.set_item("fitted", est.fitted.into_pyarray(py))?;
     d.set_item("resid", est.resid.into_pyarray(py))?;
     Ok(d)
@@ -398,6 +406,7 @@ fn delete_and_refit<'py>(
         rho_end,
         max_evals,
         convergence_check: false,
+        conditional_covariances: false,
     };
     let inner = &model.inner;
     let (n_theta, p) = (inner.n_theta(), inner.n_fixed());
@@ -497,6 +506,7 @@ fn parametric_bootstrap<'py>(
         rho_end,
         max_evals,
         convergence_check: false,
+        conditional_covariances: false,
     };
     let inner = &model.inner;
     let (n_theta, p) = (inner.n_theta(), inner.n_fixed());

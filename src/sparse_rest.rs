@@ -310,6 +310,63 @@ impl SparseRest {
         Ok(())
     }
 
+    /// Whether the factor is the elimination-tree cut of `sparse_split` (else faer's).
+    #[cfg(test)]
+    pub(crate) fn is_split(&self) -> bool {
+        self.shared.split.is_some()
+    }
+
+    /// The same block factored by faer's supernodal LLᵀ instead of the cut (tests of both).
+    #[cfg(test)]
+    pub(crate) fn without_split(&self) -> SparseRest {
+        let sh = &*self.shared;
+        let shared = Arc::new(Shared {
+            pattern: sh.pattern.clone(),
+            a22: sh.a22.clone(),
+            a22_vals: sh.a22_vals.clone(),
+            symbolic: {
+                let m = sh.symbolic.nrows();
+                let structure = SymbolicSparseColMatRef::new_checked(m, m, &sh.pattern.col_ptr, None, &sh.pattern.row_idx);
+                let params = CholeskySymbolicParams {
+                    supernodal_flop_ratio_threshold: SupernodalThreshold::FORCE_SUPERNODAL,
+                    ..Default::default()
+                };
+                factorize_symbolic_cholesky(structure, Side::Lower, SymmetricOrdering::Amd, params).unwrap()
+            },
+            req: sh.req,
+            split: None,
+        });
+        SparseRest::with_shared(shared, self.rhs.ncols())
+    }
+
+    /// r ← S⁻¹r (r in the rest block's own order), with the factor of the last
+    /// [`factor`](Self::factor): the conditional modes of the rest block from the objective's
+    /// factor, without a dense L₂₂.
+    pub(crate) fn solve(&mut self, r: &mut [f64]) {
+        let shared = &*self.shared;
+        if let (Some(plan), Some(work)) = (&shared.split, self.split_work.as_mut()) {
+            plan.solve(r, work);
+            return;
+        }
+        let fwd = shared.symbolic.perm().map(|perm| perm.arrays().0);
+        let mut x = self.rhs.as_mut().col_mut(0);
+        match fwd {
+            Some(fwd) => fwd.iter().enumerate().for_each(|(i, &from)| x[i] = r[from]),
+            None => r.iter().enumerate().for_each(|(i, &v)| x[i] = v),
+        }
+        let SymbolicCholeskyRaw::Supernodal(sym) = shared.symbolic.raw() else {
+            unreachable!("plan() keeps supernodal factors only");
+        };
+        let factor = SupernodalLltRef::new(sym, &self.l_values);
+        let mut x = self.rhs.as_mut().subcols_mut(0, 1);
+        factor.l_solve_with_conj(Conj::No, x.as_mut(), Par::Seq, MemStack::new(&mut self.buffer));
+        factor.l_transpose_solve_with_conj(Conj::No, x.as_mut(), Par::Seq, MemStack::new(&mut self.buffer));
+        match fwd {
+            Some(fwd) => fwd.iter().enumerate().for_each(|(i, &to)| r[to] = x[(i, 0)]),
+            None => r.iter_mut().enumerate().for_each(|(i, v)| *v = x[(i, 0)]),
+        }
+    }
+
     /// l33 −= Cᵀ S⁻¹ C, with the factor of the last [`factor`](Self::factor): with PSPᵀ = LLᵀ
     /// that is XᵀX for X = L⁻¹PC, a forward substitution only.
     pub(crate) fn subtract_quadratic_form(&mut self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>) {

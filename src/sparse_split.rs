@@ -26,7 +26,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltError, LltParams};
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
-use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
+use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
 use faer::sparse::linalg::cholesky::{SymbolicCholesky, SymbolicCholeskyRaw};
 use faer::{Accum, Mat, MatMut, MatRef, Par, Spec};
 
@@ -540,6 +540,58 @@ impl SplitPlan {
         Ok(0.0)
     }
 
+    /// r ← S⁻¹r (r in the rest block's own order) with the factor of the last
+    /// [`factor`](Self::factor): forward, xᵢ = Lᵢᵢ⁻¹rᵢ and x_top = L_top⁻¹(r_top − ΣWᵢᵀxᵢ);
+    /// back, z_top = L_top⁻ᵀx_top and zᵢ = Lᵢᵢ⁻ᵀ(xᵢ − Wᵢz_top[rowsᵢ]).
+    pub(crate) fn solve(&self, r: &mut [f64], w: &mut SplitWork) {
+        let t = self.top.len();
+        let mut x = w.rhs.as_mut().col_mut(0).try_as_col_major_mut().unwrap();
+        for (pos, &from) in self.fwd.iter().enumerate() {
+            x[pos] = r[from];
+        }
+        let mut top_x = w.top_rhs.as_mut().subcols_mut(0, 1);
+        for (k, &pos) in self.top.iter().enumerate() {
+            top_x[(k, 0)] = x[pos];
+        }
+        let block_of = |st: &Subtree| {
+            let (n, r) = (st.n(), st.rows.len());
+            let block = &w.arena[st.offset..st.offset + st.len()];
+            (MatRef::from_column_major_slice(&block[..n * n], n, n), MatRef::from_column_major_slice(&block[n * n..], n, r))
+        };
+        for st in &self.subtrees {
+            let (l, wi) = block_of(st);
+            let mut xi = w.rhs.as_mut().submatrix_mut(st.begin, 0, st.n(), 1);
+            solve_lower_triangular_in_place(l, xi.as_mut(), Par::Seq);
+            for (a, &k) in st.rows.iter().enumerate() {
+                let mut s = 0.0;
+                for i in 0..st.n() {
+                    s += wi[(i, a)] * xi[(i, 0)];
+                }
+                top_x[(k, 0)] -= s;
+            }
+        }
+        let top = MatRef::from_column_major_slice(&w.arena[self.top_offset..self.top_offset + t * t], t, t);
+        solve_lower_triangular_in_place(top, top_x.as_mut(), Par::Seq);
+        solve_upper_triangular_in_place(top.transpose(), top_x.as_mut(), Par::Seq);
+        for st in &self.subtrees {
+            let (l, wi) = block_of(st);
+            let mut xi = w.rhs.as_mut().submatrix_mut(st.begin, 0, st.n(), 1);
+            for (a, &k) in st.rows.iter().enumerate() {
+                let z = top_x[(k, 0)];
+                for i in 0..st.n() {
+                    xi[(i, 0)] -= wi[(i, a)] * z;
+                }
+            }
+            solve_upper_triangular_in_place(l.transpose(), xi.as_mut(), Par::Seq);
+        }
+        for (k, &pos) in self.top.iter().enumerate() {
+            w.rhs[(pos, 0)] = top_x[(k, 0)];
+        }
+        for (pos, &to) in self.fwd.iter().enumerate() {
+            r[to] = w.rhs[(pos, 0)];
+        }
+    }
+
     /// l33 −= CᵀS⁻¹C with the factor of the last [`factor`](Self::factor); `c` is m × p1 in
     /// the rest block's own order.
     pub(crate) fn subtract_quadratic_form(&self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>, w: &mut SplitWork) {
@@ -696,6 +748,16 @@ mod tests {
                     }
                 }
                 forms.push(l33);
+                // S⁻¹r by the cut factor's two triangular solves.
+                let mut r: Vec<f64> = (0..m).map(|i| c[(i, 1)]).collect();
+                plan.solve(&mut r, &mut work);
+                let mut truth = c.as_ref().subcols(1, 1).to_owned();
+                solve_lower_triangular_in_place(l.as_ref(), truth.as_mut(), Par::Seq);
+                solve_upper_triangular_in_place(l.transpose(), truth.as_mut(), Par::Seq);
+                let scale = (0..m).map(|i| truth[(i, 0)].abs()).fold(0.0, f64::max);
+                for i in 0..m {
+                    assert!((r[i] - truth[(i, 0)]).abs() < 1e-10 * scale, "seed {seed} row {i}: {} vs {}", r[i], truth[(i, 0)]);
+                }
             }
             // Two threads give the same bits as one: the subtrees are added in the same order.
             assert_eq!(logdets[0].to_bits(), logdets[1].to_bits(), "seed {seed}");

@@ -358,3 +358,21 @@ def test_a_model_too_large_for_memory_stops_early_with_the_estimate() -> None:
     data = pd.DataFrame({"y": np.random.default_rng(0).normal(size=a.size), "a": a, "b": b})
     with pytest.raises(InterlaceError, match=r"needs about \d+\.\d GB of memory"):
         interlace.fit("y ~ 1 + (1 | a) + (1 | b)", data)
+
+
+def test_conditional_variances_are_formed_on_first_read_as_the_core_forms_them():
+    # fit() leaves the modes' conditional covariances to the first read of random_effects_se;
+    # they are then the core's estimates at θ̂, and the modes are unchanged by reading them.
+    from interlace.api import _core_model
+
+    res = interlace.fit("y ~ x + (1 + x | a) + (1 | b)", crossed_frame(5))
+    assert res._arrays.b_cond_cov is None
+    modes = {g: frame.copy() for g, frame in res.random_effects.items()}
+    core = _core_model(res.design, reml=True).estimates(np.asarray(res.theta, dtype=float))
+    for term, cov in zip(res.design.terms, core["b_cond_cov"], strict=True):
+        sds = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+        ours = res.random_effects_se[str(term.group)]
+        ours = ours.to_numpy().reshape(sds.shape)
+        np.testing.assert_array_equal(ours, sds)
+    for g, frame in res.random_effects.items():
+        pd.testing.assert_frame_equal(pd.DataFrame(frame), pd.DataFrame(modes[g]))

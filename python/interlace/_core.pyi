@@ -54,11 +54,13 @@ class Model:
         rho_begin: float = 0.2,
         rho_end: float = 1e-7,
         max_evals: int = 0,
+        conditional_covariances: bool = True,
     ) -> dict[str, Any]:
         """Optimise θ (BOBYQA), then return :meth:`estimates` at the optimum plus the record:
         ``n_evals`` (int), ``status`` (str), ``converged`` (bool), ``gradient`` (finite
         differences of the objective at θ̂, (n_theta,)), ``scaled_gradient`` (lme4's R⁻¹g with
-        H = RᵀR, (n_theta,) with NaN at bounds, or empty when max |gradient| ≤ 2e-3)."""
+        H = RᵀR, (n_theta,) with NaN at bounds, or empty when max |gradient| ≤ 2e-3).
+        With ``conditional_covariances=False``, ``b_cond_cov`` is None (not formed)."""
     def estimates(self, theta: npt.NDArray[np.float64]) -> dict[str, Any]:
         """Everything at a given θ: ``theta`` (n_theta,), ``objective`` (float), ``beta`` (p,),
         ``sigma`` (float), ``beta_cov`` (p, p), ``b`` (list per term of (n_levels, q) conditional

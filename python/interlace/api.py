@@ -140,7 +140,9 @@ def fit(
         raise InterlaceError(
             f"start has {theta0.size} values; this model has {model.n_theta} covariance parameters"
         )
-    core = model.fit(theta0, max_evals=int(max_evals))
+    # The modes' conditional covariances are formed when first read (LmmResult), as lme4's
+    # ranef(condVar = TRUE) forms them: on InstEval they cost a dense L₂₂ and its inverse.
+    core = model.fit(theta0, max_evals=int(max_evals), conditional_covariances=False)
     _check_residual_variation(design, float(core["sigma"]))
     result = LmmResult.from_core(design, core, method_name)
     for category, message in fit_warnings(result):

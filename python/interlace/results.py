@@ -99,7 +99,7 @@ class _CoreArrays:
     beta: np.ndarray
     beta_cov: np.ndarray
     b: list[Any]
-    b_cond_cov: list[Any]
+    b_cond_cov: list[Any] | None  # None: not formed by the fit, formed on first read
     fitted: np.ndarray
     resid: np.ndarray
 
@@ -260,8 +260,11 @@ class LmmResult:
             )
         sigma = float(core["sigma"])
 
-        b_list, cond_list = list(core["b"]), list(core["b_cond_cov"])
-        if len(b_list) != len(terms) or len(cond_list) != len(terms):
+        b_list = list(core["b"])
+        cond_list = None if core["b_cond_cov"] is None else list(core["b_cond_cov"])
+        if len(b_list) != len(terms) or len(cond_list if cond_list is not None else terms) != len(
+            terms
+        ):
             raise InterlaceError(
                 f"the core returned {len(b_list)} blocks of modes for {len(terms)} terms"
             )
@@ -421,37 +424,52 @@ class LmmResult:
         return self.varcorr.drop(columns="sdcor")
 
     @functools.cached_property
-    def _mode_tables(
-        self,
-    ) -> tuple[dict[str, pd.Series | pd.DataFrame], dict[str, pd.Series | pd.DataFrame]]:
-        modes: dict[str, list[pd.DataFrame]] = {}
-        mode_sds: dict[str, list[pd.DataFrame]] = {}
-        for term, b_k, cond_k in zip(
-            self.design.terms, self._arrays.b, self._arrays.b_cond_cov, strict=True
-        ):
+    def _conditional_covariances(self) -> list[Any]:
+        """Per term, the (n_levels, q, q) conditional covariances of the modes. ``interlace.fit``
+        does not form them (on InstEval they cost a dense factor of the second block and its
+        inverse); they are formed here on first read, from the design at θ̂, as lme4's
+        ``ranef(condVar = TRUE)`` forms them from the fitted model."""
+        if self._arrays.b_cond_cov is not None:
+            return self._arrays.b_cond_cov
+        from interlace.api import _core_model  # api imports this module
+
+        core = _core_model(self.design, reml=self.method == "REML").estimates(
+            np.ascontiguousarray(self.theta, dtype=np.float64)
+        )
+        blocks = list(core["b_cond_cov"])
+        if len(blocks) != len(self.design.terms):
+            raise InterlaceError(
+                f"the core returned {len(blocks)} blocks of covariances for "
+                f"{len(self.design.terms)} terms"
+            )
+        return blocks
+
+    def _by_group(self, blocks: list[np.ndarray]) -> dict[str, pd.Series | pd.DataFrame]:
+        """Per-term (n_levels, q) arrays labelled and merged by grouping factor."""
+        frames: dict[str, list[pd.DataFrame]] = {}
+        for term, block in zip(self.design.terms, blocks, strict=True):
             group = str(term.group)
             columns = [str(c) for c in term.columns]
-            q = len(columns)
             levels = pd.Index(term.levels).rename(group)  # a new Index: the design's stays as it is
-            b_k = np.asarray(b_k, dtype=float).reshape(len(levels), q)
-            cond_k = np.asarray(cond_k, dtype=float).reshape(len(levels), q, q)
-            sd_k = np.sqrt(np.clip(np.diagonal(cond_k, axis1=1, axis2=2), 0.0, None))
-            modes.setdefault(group, []).append(pd.DataFrame(b_k, index=levels, columns=columns))
-            mode_sds.setdefault(group, []).append(pd.DataFrame(sd_k, index=levels, columns=columns))
-        return (
-            {g: _merge_blocks(g, frames) for g, frames in modes.items()},
-            {g: _merge_blocks(g, frames) for g, frames in mode_sds.items()},
-        )
+            values = np.asarray(block, dtype=float).reshape(len(levels), len(columns))
+            frames.setdefault(group, []).append(pd.DataFrame(values, index=levels, columns=columns))
+        return {g: _merge_blocks(g, group_frames) for g, group_frames in frames.items()}
 
     @functools.cached_property
     def random_effects(self) -> dict[str, pd.Series | pd.DataFrame]:
         """Grouping factor → conditional modes (lme4's ``ranef``)."""
-        return self._mode_tables[0]
+        return self._by_group(list(self._arrays.b))
 
     @functools.cached_property
     def random_effects_se(self) -> dict[str, pd.Series | pd.DataFrame]:
-        """Grouping factor → conditional SDs of the modes (lme4's ``condVar``)."""
-        return self._mode_tables[1]
+        """Grouping factor → conditional SDs of the modes (lme4's ``condVar``), formed on first
+        read."""
+        sds = []
+        for term, cond_k in zip(self.design.terms, self._conditional_covariances, strict=True):
+            q = len(term.columns)
+            cond_k = np.asarray(cond_k, dtype=float).reshape(len(term.levels), q, q)
+            sds.append(np.sqrt(np.clip(np.diagonal(cond_k, axis1=1, axis2=2), 0.0, None)))
+        return self._by_group(sds)
 
     @functools.cached_property
     def fittedvalues(self) -> pd.Series:

@@ -406,7 +406,8 @@ impl Model {
         let l = Factor {
             l11: vec![0.0; a.a11.len()],
             l21_vals: vec![0.0; a.a21_vals.len()],
-            l22: Mat::zeros(m, m),
+            // m × m on its first dense factorisation (see `update_l_with`).
+            l22: Mat::zeros(0, 0),
             l31t: Mat::zeros(q1 * terms[0].n_levels, p + 1),
             l32t: Mat::zeros(m, p + 1),
             l33: Mat::zeros(p + 1, p + 1),
@@ -1150,12 +1151,18 @@ impl Model {
             // S = Λ_restᵀ A₂₂ Λ_rest + I − Σⱼ L₂₁ⱼ L₂₁ⱼᵀ, lower triangle only (all the Cholesky
             // reads), then L₂₂ = chol(S). Built one column of S at a time so the scattered
             // updates of the Schur complement land in a column that stays in cache.
+            let sparse_rest = use_sparse && all_scalar && self.sparse.is_some();
+            if !sparse_rest && l.l22.nrows() != m {
+                // The dense L₂₂ is allocated by its first use: a model whose objective factors
+                // the rest block sparse needs it only for the conditional covariances.
+                l.l22 = Mat::zeros(m, m);
+            }
             if !all_scalar {
                 l.l22.as_mut().copy_from(a.a22.as_ref());
                 scale_rest_sym(&mut l.l22, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
             }
             let scale = &self.rest_scale;
-            let sparse_rest = if use_sparse && all_scalar { self.sparse.as_mut() } else { None };
+            let sparse_rest = if sparse_rest { self.sparse.as_mut() } else { None };
             if let Some(sp) = sparse_rest {
                 let l21_vals = &l.l21_vals;
                 sp.fill(scale, self.parallel_schur, SCHUR_PANEL, |k, panel| {

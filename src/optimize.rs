@@ -36,7 +36,7 @@ impl Default for FitOptions {
     fn default() -> Self {
         FitOptions {
             rho_begin: 0.2,
-            rho_end: 1e-7,
+            rho_end: 1e-6,
             max_evals: 0,
             convergence_check: true,
             conditional_covariances: true,

@@ -187,7 +187,7 @@ impl PyModel {
         estimates_to_dict(py, est, &self.inner)
     }
 
-    #[pyo3(signature = (theta0=None, rho_begin=0.2, rho_end=1e-7, max_evals=0, conditional_covariances=true))]
+    #[pyo3(signature = (theta0=None, rho_begin=0.2, rho_end=1e-6, max_evals=0, conditional_covariances=true))]
     fn fit<'py>(
         &mut self,
         py: Python<'py>,
@@ -378,7 +378,7 @@ fn marginal_residuals<'py>(py: Python<'py>, model: PyRef<'_, PyModel>, theta: Py
 
 /// Exact case deletion: refits θ from `theta_hat` without each set of rows.
 #[pyfunction]
-#[pyo3(signature = (model, theta_hat, rows, offsets, n_jobs=0, rho_begin=0.2, rho_end=1e-7, max_evals=0))]
+#[pyo3(signature = (model, theta_hat, rows, offsets, n_jobs=0, rho_begin=0.2, rho_end=1e-6, max_evals=0))]
 #[allow(clippy::too_many_arguments)]
 fn delete_and_refit<'py>(
     py: Python<'py>,
@@ -478,7 +478,7 @@ fn simulate_responses<'py>(
 /// The parametric bootstrap: `nsim` refits to responses simulated at θ̂, warm-started at θ̂.
 /// `progress(done)` is called now and then with the number of finished refits.
 #[pyfunction]
-#[pyo3(signature = (model, theta_hat, nsim, seed, n_jobs=0, progress=None, rho_begin=0.2, rho_end=1e-7, max_evals=0))]
+#[pyo3(signature = (model, theta_hat, nsim, seed, n_jobs=0, progress=None, rho_begin=0.2, rho_end=1e-6, max_evals=0))]
 #[allow(clippy::too_many_arguments)]
 fn parametric_bootstrap<'py>(
     py: Python<'py>,

@@ -52,7 +52,7 @@ class Model:
         self,
         theta0: npt.NDArray[np.float64] | None = None,
         rho_begin: float = 0.2,
-        rho_end: float = 1e-7,
+        rho_end: float = 1e-6,
         max_evals: int = 0,
         conditional_covariances: bool = True,
     ) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def delete_and_refit(
     offsets: npt.NDArray[np.int64],
     n_jobs: int = 0,
     rho_begin: float = 0.2,
-    rho_end: float = 1e-7,
+    rho_end: float = 1e-6,
     max_evals: int = 0,
 ) -> dict[str, Any]:
     """Refit θ (BOBYQA from ``theta_hat``) without each set of rows, in parallel; per set
@@ -131,7 +131,7 @@ def parametric_bootstrap(
     n_jobs: int = 0,
     progress: Callable[[int], object] | None = None,
     rho_begin: float = 0.2,
-    rho_end: float = 1e-7,
+    rho_end: float = 1e-6,
     max_evals: int = 0,
 ) -> dict[str, Any]:
     """Refit θ (BOBYQA from ``theta_hat``) to ``nsim`` responses simulated at θ̂ (new random

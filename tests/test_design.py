@@ -516,6 +516,36 @@ def test_one_qr_of_x_and_y_gives_the_aliasing_and_the_least_squares_residual(ali
         assert residual == pytest.approx(np.linalg.norm(scaled - x @ fit), rel=1e-10)
 
 
+@pytest.mark.parametrize("distance", [1e-3, 1e-6, 1e-8])
+def test_the_gram_shortcut_certifies_only_clear_cases_and_the_qr_decides_the_rest(distance) -> None:
+    # XᵀX answers only when x is well conditioned (κ ≤ 10⁴) and the residual clearly nonzero;
+    # a column 10⁻⁶ of its norm from the others (kept) or 10⁻⁸ (aliased) is left to the QR.
+    from interlace.design import (
+        _aliased_columns,
+        _aliased_columns_and_residual,
+        _full_rank_residual_from_gram,
+        _r_factor,
+        _with_scaled_response,
+    )
+
+    rng = np.random.default_rng(11)
+    x = np.asfortranarray(rng.normal(size=(4000, 5)))
+    x[:, 3] = x[:, 0] - 2.0 * x[:, 1] + distance * np.sqrt(5.0) * rng.normal(size=4000)
+    y = x @ np.arange(1.0, 6.0) + rng.normal(size=4000)
+    scale = float(np.max(np.abs(y)))
+    shortcut = _full_rank_residual_from_gram(x, y, scale)
+    found, residual = _aliased_columns_and_residual(x, y)
+    assert found == _aliased_columns(x) == ([3] if distance < 1e-7 else [])
+    if distance == 1e-3:
+        qr_residual = abs(_r_factor(_with_scaled_response(x, y, scale))[-1, -1])
+        assert shortcut == pytest.approx(qr_residual, rel=1e-8)
+        assert residual == shortcut
+    else:
+        assert shortcut is None
+    # A response the columns reproduce to rounding is left to the QR as well.
+    assert _full_rank_residual_from_gram(x[:, :3], x[:, :3] @ [1.0, 2.0, 3.0], 1.0) is None
+
+
 def test_response_fitted_exactly_after_an_aliased_column_is_refused() -> None:
     frame = make_frame()
     frame["x2"] = 2.0 * frame["x"]

@@ -593,28 +593,36 @@ impl Model {
         if seen as f64 * m as f64 / sampled as f64 > MAX_PATTERN_FILL * lower_triangle {
             return None;
         }
-        // Off-diagonal links of A₂₂: pairs of rest terms in one observation.
-        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        // Off-diagonal links of A₂₂: pairs of rest terms in one observation, listed by their
+        // smaller row (a counting sort; Pattern::build drops the repeats).
+        let mut link_ptr = vec![0usize; m + 1];
+        let mut links: Vec<usize> = Vec::new();
         if terms.len() > 2 {
             let n = terms[0].codes.len();
-            for i in 0..n {
-                for k in 1..terms.len() {
-                    let rk = rest_base[k][terms[k].codes[i] as usize];
-                    for h in k + 1..terms.len() {
-                        let rh = rest_base[h][terms[h].codes[i] as usize];
-                        pairs.push((rk.min(rh), rk.max(rh)));
+            let each_pair = |f: &mut dyn FnMut(usize, usize)| {
+                for i in 0..n {
+                    for k in 1..terms.len() {
+                        let rk = rest_base[k][terms[k].codes[i] as usize];
+                        for h in k + 1..terms.len() {
+                            let rh = rest_base[h][terms[h].codes[i] as usize];
+                            f(rk.min(rh), rk.max(rh));
+                        }
                     }
                 }
+            };
+            each_pair(&mut |lo, _| link_ptr[lo + 1] += 1);
+            for r in 0..m {
+                link_ptr[r + 1] += link_ptr[r];
             }
-            pairs.sort_unstable();
-            pairs.dedup();
+            let mut next = link_ptr.clone();
+            links = vec![0; link_ptr[m]];
+            each_pair(&mut |lo, hi| {
+                links[next[lo]] = hi;
+                next[lo] += 1;
+            });
         }
-        let mut cursor = 0;
         Pattern::build(m, |b, rows| {
-            while cursor < pairs.len() && pairs[cursor].0 == b {
-                rows.push(pairs[cursor].1);
-                cursor += 1;
-            }
+            rows.extend_from_slice(&links[link_ptr[b]..link_ptr[b + 1]]);
             for &e in &by_row[row_ptr[b]..row_ptr[b + 1]] {
                 rows.extend_from_slice(&a.a21_rows[e..a.a21_block_end[e]]);
             }

@@ -529,9 +529,10 @@ def test_the_gram_shortcut_certifies_only_clear_cases_and_the_qr_decides_the_res
     )
 
     rng = np.random.default_rng(11)
-    x = np.asfortranarray(rng.normal(size=(4000, 5)))
-    x[:, 3] = x[:, 0] - 2.0 * x[:, 1] + distance * np.sqrt(5.0) * rng.normal(size=4000)
-    y = x @ np.arange(1.0, 6.0) + rng.normal(size=4000)
+    n = 14_000  # 70,000 entries: at least GRAM_MIN_SIZE, where build_design tries the shortcut
+    x = np.asfortranarray(rng.normal(size=(n, 5)))
+    x[:, 3] = x[:, 0] - 2.0 * x[:, 1] + distance * np.sqrt(5.0) * rng.normal(size=n)
+    y = x @ np.arange(1.0, 6.0) + rng.normal(size=n)
     scale = float(np.max(np.abs(y)))
     shortcut = _full_rank_residual_from_gram(x, y, scale)
     found, residual = _aliased_columns_and_residual(x, y)

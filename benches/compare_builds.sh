@@ -30,6 +30,9 @@ build() {
     cp -r "$src/python/interlace" "$root/$name/interlace"
     rm -rf "$root/$name/interlace/__pycache__" "$root/$name/interlace/"_core*.so
     cp "$root/target-$name/release/lib_core.so" "$root/$name/interlace/_core.abi3.so"
+    if [ "$rev" != WORKTREE ]; then
+        git -C "$repo" worktree remove --force "$src" # the copy above is all a round needs
+    fi
 }
 
 build "$a" A

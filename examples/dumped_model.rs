@@ -47,6 +47,20 @@ fn main() {
             })
             .collect()
     };
+    if let Some(k) = std::env::var("DUMPED_NEW").ok().and_then(|v| v.parse::<usize>().ok()) {
+        // DUMPED_NEW=k: build the model k times (a profile of the crossproduct and analysis).
+        let mut times = Vec::new();
+        for _ in 0..k {
+            let terms = make_terms();
+            let t = Instant::now();
+            let model = Model::new(&y, x.as_ref(), terms, reml).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            drop(model);
+        }
+        times.sort_by(f64::total_cmp);
+        println!("model ×{k}: median {:.1} ms, min {:.1} ms", times[k / 2], times[0]);
+        return;
+    }
     let terms = make_terms();
     let t = Instant::now();
     let mut model = Model::new(&y, x.as_ref(), terms, reml).unwrap();

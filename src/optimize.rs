@@ -111,7 +111,9 @@ pub fn fit_interruptible(
     })?;
 
     let mut first_error: Option<CoreError> = None;
-    let (mut outcome, mut best) = minimize(&mut solver, model, &mut theta, &lower, &upper, interrupted, &mut first_error)?;
+    // A sequential clone of the model, for evaluations split between two threads.
+    let mut twin: Option<Model> = None;
+    let (mut outcome, mut best) = minimize(&mut solver, model, &mut theta, &lower, &upper, rho_begin, &mut twin, interrupted, &mut first_error)?;
     let mut n_evals = outcome.n_eval;
 
     // A boundary optimum can be a false one: at θ with a zero diagonal the objective is often
@@ -135,7 +137,7 @@ pub fn fit_interruptible(
             }
         }
         for mut start in starts {
-            let (again, again_best) = minimize(&mut solver, model, &mut start, &lower, &upper, interrupted, &mut first_error)?;
+            let (again, again_best) = minimize(&mut solver, model, &mut start, &lower, &upper, rho_begin, &mut twin, interrupted, &mut first_error)?;
             n_evals += again.n_eval;
             if again.found_finite() && again.f < outcome.f {
                 theta = start;
@@ -159,7 +161,7 @@ pub fn fit_interruptible(
     let (gradient, scaled_gradient) = if options.convergence_check {
         // The objective at θ̂ is the optimiser's best value when θ̂ is that point, bit for bit.
         let f0 = best.and_then(|(point, f)| (point == theta).then_some(f));
-        derivatives(model, &theta, &lower, f0)?
+        derivatives_with(model, &mut twin, &theta, &lower, f0)?
     } else {
         (vec![f64::NAN; theta.len()], Vec::new())
     };
@@ -218,6 +220,18 @@ fn step(theta: f64) -> f64 {
 /// scaled gradient is empty when not formed, when the Hessian is not positive definite or has
 /// more than 20 coordinates. `f0` is the objective at θ when already known.
 pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f64>) -> CoreResult<(Vec<f64>, Vec<f64>)> {
+    derivatives_with(model, &mut None, theta, lower, f0)
+}
+
+/// [`derivatives`], splitting evaluations with `twin`, a sequential clone of the model made
+/// here when first needed and kept for later calls (see [`objective_results`]).
+fn derivatives_with(
+    model: &mut Model,
+    twin: &mut Option<Model>,
+    theta: &[f64],
+    lower: &[f64],
+    f0: Option<f64>,
+) -> CoreResult<(Vec<f64>, Vec<f64>)> {
     let k_all = theta.len();
     let f0 = match f0 {
         Some(f) => f,
@@ -235,7 +249,7 @@ pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f
     let mut points: Vec<Vec<f64>> = (0..k_all).map(|i| moved(&[(i, steps[i])])).collect();
     let below: Vec<usize> = (0..k_all).filter(|&i| theta[i] - steps[i] >= lower[i]).collect();
     points.extend(below.iter().map(|&i| moved(&[(i, -steps[i])])));
-    let values = objectives(model, &points)?;
+    let values = objectives(model, twin, &points)?;
     let plus: Vec<f64> = values[..k_all].to_vec();
     let (mut minus, mut central) = (vec![f64::NAN; k_all], vec![false; k_all]);
     for (&i, &v) in below.iter().zip(&values[k_all..]) {
@@ -266,7 +280,7 @@ pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f
         .iter()
         .map(|&(a, b)| moved(&[(free[a], steps[free[a]]), (free[b], steps[free[b]])]))
         .collect();
-    let both = objectives(model, &cross)?;
+    let both = objectives(model, twin, &cross)?;
     let mut h = vec![0.0; k * k];
     for a in 0..k {
         let (i, hi) = (free[a], steps[free[a]]);
@@ -291,57 +305,125 @@ pub fn derivatives(model: &mut Model, theta: &[f64], lower: &[f64], f0: Option<f
     Ok((gradient, scaled))
 }
 
-/// The convergence check's evaluations run on two threads (the model and a clone, each
-/// sequential inside) when one evaluation is sequential and dominated by a rest block of at
-/// least this many columns; smaller models evaluate faster than a clone is made.
+/// The convergence check's evaluations (and BOBYQA's first interpolation points, see
+/// [`initial_points`]) run on two threads (the model and a clone, each sequential inside) when
+/// one evaluation is sequential and dominated by a rest block of at least this many columns;
+/// smaller models evaluate faster than a clone is made.
 const CHECK_PARALLEL_MIN_M: usize = 256;
 
-/// f at each point, in order. With a sequential rest block of at least
-/// [`CHECK_PARALLEL_MIN_M`] columns and two threads, the second half of the points is evaluated
-/// on a clone of the model alongside the first; every evaluation gives the same value on
-/// either thread, as sequential and parallel builds of S are the same to the last bit.
-fn objectives(model: &mut Model, points: &[Vec<f64>]) -> CoreResult<Vec<f64>> {
-    let two_threads = points.len() >= 2
-        && model.m >= CHECK_PARALLEL_MIN_M
-        && matches!(model.par, faer::Par::Seq)
-        && rayon::current_num_threads() >= 2;
-    if !two_threads {
+/// f at each point, in order (the first error ends the call). See [`objective_results`].
+fn objectives(model: &mut Model, twin: &mut Option<Model>, points: &[Vec<f64>]) -> CoreResult<Vec<f64>> {
+    objective_results(model, twin, points).into_iter().collect()
+}
+
+/// Whether [`objective_results`] splits `n_points` evaluations of `model` between two threads.
+fn splits_evaluations(model: &Model, n_points: usize) -> bool {
+    n_points >= 2 && model.m >= CHECK_PARALLEL_MIN_M && matches!(model.par, faer::Par::Seq) && rayon::current_num_threads() >= 2
+}
+
+/// The objective (or its error) at each point, in order. With a sequential rest block of at
+/// least [`CHECK_PARALLEL_MIN_M`] columns and two threads, the second half of the points is
+/// evaluated on `twin` alongside the first: a clone of the model made on first use with its
+/// evaluations sequential, kept for the fit's later calls. Every evaluation gives the same value
+/// on either thread, as sequential and parallel builds of S are the same to the last bit.
+fn objective_results(model: &mut Model, twin: &mut Option<Model>, points: &[Vec<f64>]) -> Vec<CoreResult<f64>> {
+    if !splits_evaluations(model, points.len()) {
         return points.iter().map(|t| model.objective(t)).collect();
     }
     let (parallel_schur, parallel_estimates) = (model.parallel_schur, model.parallel_estimates);
     model.set_sequential();
-    let mut other = model.clone();
+    let other = twin.get_or_insert_with(|| model.clone());
     let (first, second) = points.split_at(points.len().div_ceil(2));
-    let (a, b) = rayon::join(
-        || first.iter().map(|t| model.objective(t)).collect::<CoreResult<Vec<f64>>>(),
-        || second.iter().map(|t| other.objective(t)).collect::<CoreResult<Vec<f64>>>(),
+    let (mut values, rest) = rayon::join(
+        || first.iter().map(|t| model.objective(t)).collect::<Vec<_>>(),
+        || second.iter().map(|t| other.objective(t)).collect::<Vec<_>>(),
     );
     (model.parallel_schur, model.parallel_estimates) = (parallel_schur, parallel_estimates);
-    let mut values = a?;
-    values.extend(b?);
-    Ok(values)
+    values.extend(rest);
+    values
+}
+
+/// The points at which BOBYQA (PRIMA's `initxf`, as the `bobyqa` crate runs it) evaluates first:
+/// the start x₀ moved onto its lower bound where within ρ/2 of it and to ρ from it where within
+/// ρ, then x₀ ± ρeᵢ, or x₀ + ρeᵢ and x₀ + 2ρeᵢ where xᵢ is on its bound (upper bounds are
+/// infinite here). They are evaluated ahead, two at a time, and served to BOBYQA when it asks
+/// for exactly these points (bit for bit); any it asks for otherwise is evaluated then, so a
+/// difference in this prediction costs time, never a value.
+fn initial_points(theta: &[f64], lower: &[f64], rho: f64) -> Vec<Vec<f64>> {
+    // ±0.25·f64::MAX is BOBYQA's "no bound".
+    let bound_max = 0.25 * f64::MAX;
+    let xl: Vec<f64> = lower.iter().map(|&l| l.max(-bound_max)).collect();
+    let x0: Vec<f64> = theta
+        .iter()
+        .zip(&xl)
+        .map(|(&t, &l)| {
+            let t = l.max(bound_max.min(t));
+            if t <= l + 0.5 * rho {
+                l
+            } else if t < l + rho {
+                l + rho
+            } else {
+                t
+            }
+        })
+        .collect();
+    let n = x0.len();
+    let mut points = vec![x0.clone()];
+    for i in 0..n {
+        let mut x = x0.clone();
+        x[i] = x0[i] + rho;
+        points.push(x);
+    }
+    for i in 0..n {
+        let mut x = x0.clone();
+        let below = (xl[i] - x0[i]).min(-rho);
+        x[i] = if x0[i] == xl[i] {
+            x0[i] + 2.0 * rho
+        } else if -rho <= below {
+            xl[i]
+        } else {
+            xl[i].max(x0[i] - rho)
+        };
+        points.push(x);
+    }
+    points
 }
 
 /// One BOBYQA run from `theta` (overwritten with the best point). A failed factorisation is
 /// reported to BOBYQA as +∞ (it backs off) and the first such error kept in `first_error`.
+#[allow(clippy::too_many_arguments)]
 fn minimize(
     solver: &mut Bobyqa,
     model: &mut Model,
     theta: &mut [f64],
     lower: &[f64],
     upper: &[f64],
+    rho_begin: f64,
+    twin: &mut Option<Model>,
     interrupted: &mut dyn FnMut() -> bool,
     first_error: &mut Option<CoreError>,
 ) -> CoreResult<(bobyqa::Outcome, Option<BestPoint>)> {
     let mut stopped = false;
     let mut best: Option<BestPoint> = None;
+    // BOBYQA's first 2n+1 points, evaluated ahead on two threads where that pays.
+    let mut ahead: Vec<(Vec<f64>, CoreResult<f64>)> = Vec::new();
+    if splits_evaluations(model, 2 * theta.len() + 1) && !interrupted() {
+        let points = initial_points(theta, lower, rho_begin);
+        let values = objective_results(model, twin, &points);
+        ahead = points.into_iter().zip(values).collect();
+    }
     let outcome = solver.minimize(
         |t: &[f64]| {
             if stopped || interrupted() {
                 stopped = true;
                 return STOP_VALUE;
             }
-            match model.objective(t) {
+            let same = |p: &[f64]| p.iter().zip(t).all(|(a, b)| a.to_bits() == b.to_bits());
+            let value = match ahead.iter().position(|(p, _)| same(p)) {
+                Some(k) => ahead.swap_remove(k).1,
+                None => model.objective(t),
+            };
+            match value {
                 Ok(v) if v.is_finite() => {
                     if best.as_ref().is_none_or(|&(_, f)| v < f) {
                         best = Some((t.to_vec(), v));
@@ -427,6 +509,81 @@ mod tests {
         }
         let known = derivatives(&mut model, &theta, &lower, Some(f0)).unwrap();
         assert_eq!(known, (g, ours));
+    }
+
+    #[test]
+    fn initial_points_are_the_points_bobyqa_evaluates_first() {
+        // Starts inside, within ρ/2 and within ρ of a zero bound, on it, below it (clamped), and
+        // unbounded coordinates of either sign; ρ of lme4's start and of the moments' start.
+        let cases: Vec<(Vec<f64>, Vec<f64>, f64)> = vec![
+            (vec![1.0, 0.0, 1.0], vec![0.0, f64::NEG_INFINITY, 0.0], 0.2),
+            (vec![0.27, 0.43, 0.089], vec![0.0, 0.0, 0.0], 0.05),
+            (vec![0.01, -0.3, 0.04, 0.0, 1.7], vec![0.0, f64::NEG_INFINITY, 0.0, 0.0, 0.0], 0.05),
+            (vec![0.15, 1e-9, 0.3, -2.0], vec![0.0, 0.0, 0.0, 0.0], 0.2),
+            (vec![0.3], vec![0.0], 0.2),
+            (vec![0.1 + 0.2, 7.0 / 3.0], vec![0.0, 0.0], 0.1),
+        ];
+        for (start, lower, rho) in cases {
+            let n = start.len();
+            let predicted = initial_points(&start.iter().zip(&lower).map(|(&t, &l)| t.max(l)).collect::<Vec<_>>(), &lower, rho);
+            let mut config = Config::new(n);
+            config.rho_begin = rho;
+            config.rho_end = 1e-3;
+            config.max_fun = 2 * n + 1 + 10;
+            let mut solver = Bobyqa::new(n, config).unwrap();
+            let mut asked: Vec<Vec<f64>> = Vec::new();
+            let mut x: Vec<f64> = start.iter().zip(&lower).map(|(&t, &l)| t.max(l)).collect();
+            let upper = vec![f64::INFINITY; n];
+            solver.minimize(
+                |t: &[f64]| {
+                    asked.push(t.to_vec());
+                    t.iter().enumerate().map(|(i, v)| (v - 0.3 * i as f64).powi(2)).sum::<f64>() + 1.0
+                },
+                &mut x,
+                &lower,
+                &upper,
+            );
+            let bits = |p: &Vec<f64>| p.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                asked[..2 * n + 1].iter().map(bits).collect::<Vec<_>>(),
+                predicted.iter().map(bits).collect::<Vec<_>>(),
+                "start {start:?}, ρ {rho}"
+            );
+        }
+    }
+
+    #[test]
+    fn fits_with_initial_points_on_two_threads_equal_the_sequential_fit() {
+        // A rest block of 300 levels: BOBYQA's first points and the check's evaluations are
+        // split between the model and a clone; the fit is the same bits as on one thread.
+        let n = 6000;
+        let mut state = 5u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 11) as f64) / ((1u64 << 53) as f64)
+        };
+        let x = Mat::<f64>::from_fn(n, 1, |_, _| 1.0);
+        let a: Vec<i32> = (0..n).map(|i| (i % 500) as i32).collect();
+        let b: Vec<i32> = (0..n).map(|i| ((i * 7 + i / 500) % 300) as i32).collect();
+        let y: Vec<f64> = (0..n).map(|i| (a[i] % 7) as f64 * 0.3 + (b[i] % 5) as f64 * 0.4 + next()).collect();
+        let terms = vec![
+            Term::new(&a, vec![1.0; n], 1, 500, 0).unwrap(),
+            Term::new(&b, vec![1.0; n], 1, 300, 1).unwrap(),
+        ];
+        let model = Model::new(&y, x.as_ref(), terms, true).unwrap();
+        assert!(splits_evaluations(&model, 5) || rayon::current_num_threads() < 2);
+        let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let fit_on = |threads: usize| {
+            let mut m = model.clone();
+            pool(threads).install(|| fit(&mut m, None, FitOptions::default())).unwrap()
+        };
+        let (one, one_record) = fit_on(1);
+        let (two, two_record) = fit_on(2);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one.theta), bits(&two.theta));
+        assert_eq!(one.objective.to_bits(), two.objective.to_bits());
+        assert_eq!(one_record.n_evals, two_record.n_evals);
+        assert_eq!(bits(&one_record.gradient), bits(&two_record.gradient));
     }
 
     #[test]

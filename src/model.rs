@@ -152,6 +152,130 @@ pub(crate) struct SchurGroup {
     s: Vec<Mat<f64>>,
 }
 
+/// [`SchurGroup::s`] of the levels `levels` of the first term (q₁ = `q`): by dense products
+/// where they cost less (see [`GROUP_GEMM_ADVANTAGE`]), else by scattered updates.
+fn group_sums(q: usize, m: usize, levels: &[usize], ptr: &[usize], rows: &[usize], vals: &[f64]) -> Vec<Mat<f64>> {
+    let n_mats = q * (q + 1) / 2;
+    let mut s: Vec<Mat<f64>> = (0..n_mats).map(|_| Mat::<f64>::zeros(m, m)).collect();
+    // The rest rows the group reaches, ascending, and each one's position among them.
+    let mut local = vec![usize::MAX; m];
+    let mut reached = Vec::new();
+    for &j in levels {
+        for &r in &rows[ptr[j]..ptr[j + 1]] {
+            if local[r] == usize::MAX {
+                local[r] = 0;
+                reached.push(r);
+            }
+        }
+    }
+    reached.sort_unstable();
+    for (i, &r) in reached.iter().enumerate() {
+        local[r] = i;
+    }
+    let mg = reached.len();
+    let scattered: f64 = levels
+        .iter()
+        .map(|&j| {
+            let k = (ptr[j + 1] - ptr[j]) as f64;
+            k * (k + 1.0) / 2.0
+        })
+        .sum();
+    let dense = (mg * mg) as f64 * levels.len() as f64 / 2.0;
+    if dense <= GROUP_GEMM_ADVANTAGE * scattered {
+        group_sums_by_products(q, levels, ptr, rows, vals, &reached, &local, &mut s);
+    } else {
+        group_sums_scattered(q, levels, ptr, rows, vals, &mut s);
+    }
+    s
+}
+
+/// A dense product's multiply-add costs at most 1/this of a scattered update's. Measured on the
+/// development machine (AMD EPYC, 2 cores; `DUMPED_NEW=30 cargo run --release --example
+/// dumped_model`): a scattered update takes 3–4 ns, faer's lower-triangle product about
+/// 0.05 ns a multiply-add. The whole crossproduct and analysis of `crossed_20k` (one group of
+/// 250 levels, 55 of the 100 rest rows each) 3.2 → 2.3 ms, of the 200,000-row intercepts (one
+/// group of 2,000 levels, 100 of 500 rows each; dense/scattered = 25) 55 → 42 ms.
+const GROUP_GEMM_ADVANTAGE: f64 = 40.0;
+
+/// Levels of a group per dense product (bounds the m_g × chunk matrices of their A₂₁ columns).
+const GROUP_GEMM_CHUNK: usize = 256;
+
+/// [`group_sums`] by scattered updates: each pair of a level's entries, one multiply-add each.
+fn group_sums_scattered(q: usize, levels: &[usize], ptr: &[usize], rows: &[usize], vals: &[f64], s: &mut [Mat<f64>]) {
+    for &j in levels {
+        let (start, end) = (ptr[j], ptr[j + 1]);
+        for eb in start..end {
+            let vb = &vals[eb * q..(eb + 1) * q];
+            let mut k = 0;
+            for c in 0..q {
+                for d in c..q {
+                    let col = s[k].as_mut().col_mut(rows[eb]).try_as_col_major_mut().unwrap().as_slice_mut();
+                    for ea in eb..end {
+                        let va = &vals[ea * q..(ea + 1) * q];
+                        col[rows[ea]] += if c == d { va[c] * vb[c] } else { va[c] * vb[d] + va[d] * vb[c] };
+                    }
+                    k += 1;
+                }
+            }
+        }
+    }
+}
+
+/// [`group_sums`] by dense products over the `reached` rest rows: with V_c the m_g × |chunk|
+/// matrix of the levels' A₂₁ⱼ[:, c], S_cc += V_cV_cᵀ and S_cd += V_cV_dᵀ + V_dV_cᵀ (lower
+/// triangles), then scattered into S's rows and columns `reached`.
+#[allow(clippy::too_many_arguments)]
+fn group_sums_by_products(
+    q: usize,
+    levels: &[usize],
+    ptr: &[usize],
+    rows: &[usize],
+    vals: &[f64],
+    reached: &[usize],
+    local: &[usize],
+    s: &mut [Mat<f64>],
+) {
+    use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+    let mg = reached.len();
+    let n_mats = q * (q + 1) / 2;
+    let mut sums: Vec<Mat<f64>> = (0..n_mats).map(|_| Mat::<f64>::zeros(mg, mg)).collect();
+    let width = GROUP_GEMM_CHUNK.min(levels.len());
+    let mut v: Vec<Mat<f64>> = (0..q).map(|_| Mat::<f64>::zeros(mg, width)).collect();
+    for chunk in levels.chunks(GROUP_GEMM_CHUNK) {
+        for vc in v.iter_mut() {
+            vc.as_mut().subcols_mut(0, chunk.len()).fill(0.0);
+        }
+        for (col, &j) in chunk.iter().enumerate() {
+            for e in ptr[j]..ptr[j + 1] {
+                for (c, vc) in v.iter_mut().enumerate() {
+                    vc[(local[rows[e]], col)] = vals[e * q + c];
+                }
+            }
+        }
+        let mut k = 0;
+        for c in 0..q {
+            for d in c..q {
+                let (vc, vd) = (v[c].as_ref().subcols(0, chunk.len()), v[d].as_ref().subcols(0, chunk.len()));
+                let lower = BlockStructure::TriangularLower;
+                let full = BlockStructure::Rectangular;
+                tri_matmul(sums[k].as_mut(), lower, Accum::Add, vc, full, vd.transpose(), full, 1.0, Par::Seq);
+                if c != d {
+                    tri_matmul(sums[k].as_mut(), lower, Accum::Add, vd, full, vc.transpose(), full, 1.0, Par::Seq);
+                }
+                k += 1;
+            }
+        }
+    }
+    for (target, sum) in s.iter_mut().zip(&sums) {
+        for (b, &rb) in reached.iter().enumerate() {
+            let col = target.as_mut().col_mut(rb).try_as_col_major_mut().unwrap().as_slice_mut();
+            for (r, &rr) in reached.iter().enumerate().skip(b) {
+                col[rr] += sum[(r, b)];
+            }
+        }
+    }
+}
+
 /// Schur groups are formed for a first term of at most this many columns.
 const MAX_SCHUR_GROUP_Q: usize = 3;
 
@@ -674,30 +798,10 @@ impl Model {
         candidates
             .into_iter()
             .take(n_groups)
-            .map(|(_, first, levels)| {
-                let mut s: Vec<Mat<f64>> = (0..n_mats).map(|_| Mat::<f64>::zeros(m, m)).collect();
-                for j in levels {
-                    let (start, end) = (ptr[j], ptr[j + 1]);
-                    for eb in start..end {
-                        let vb = &vals[eb * q..(eb + 1) * q];
-                        let mut k = 0;
-                        for c in 0..q {
-                            for d in c..q {
-                                let col = s[k].as_mut().col_mut(rows[eb]).try_as_col_major_mut().unwrap().as_slice_mut();
-                                for ea in eb..end {
-                                    let va = &vals[ea * q..(ea + 1) * q];
-                                    col[rows[ea]] += if c == d { va[c] * vb[c] } else { va[c] * vb[d] + va[d] * vb[c] };
-                                }
-                                k += 1;
-                            }
-                        }
-                    }
-                }
-                SchurGroup {
-                    q,
-                    a11: a11[first * q * q..(first + 1) * q * q].to_vec(),
-                    s,
-                }
+            .map(|(_, first, levels)| SchurGroup {
+                q,
+                a11: a11[first * q * q..(first + 1) * q * q].to_vec(),
+                s: group_sums(q, m, &levels, ptr, rows, vals),
             })
             .collect()
     }
@@ -2759,6 +2863,48 @@ mod tests {
             terms.push(Term::new(&codes, vec![1.0; n], 1, nl, k + 1).unwrap());
         }
         Design { y, x, terms }
+    }
+
+    #[test]
+    fn group_sums_by_products_equal_the_scattered_ones() {
+        // q₁ = 1, 2, 3, levels reaching all or part of the rest rows, more levels than a chunk.
+        for (seed, q, n_levels, m, per_level) in [(1u64, 1usize, 300usize, 40usize, 25usize), (2, 2, 70, 90, 12), (3, 3, 20, 15, 15), (4, 1, 5, 200, 3)] {
+            let mut g = Lcg(seed);
+            let (mut ptr, mut rows, mut vals) = (vec![0usize], Vec::new(), Vec::new());
+            for _ in 0..n_levels {
+                let mut level: Vec<usize> = (0..per_level).map(|_| g.below(m)).collect();
+                level.sort_unstable();
+                level.dedup();
+                for &r in &level {
+                    rows.push(r);
+                    vals.extend((0..q).map(|_| 2.0 * g.next() - 0.5));
+                }
+                ptr.push(rows.len());
+            }
+            let levels: Vec<usize> = (0..n_levels).collect();
+            let n_mats = q * (q + 1) / 2;
+            let mut scattered: Vec<Mat<f64>> = (0..n_mats).map(|_| Mat::<f64>::zeros(m, m)).collect();
+            group_sums_scattered(q, &levels, &ptr, &rows, &vals, &mut scattered);
+            let mut local = vec![usize::MAX; m];
+            let mut reached: Vec<usize> = rows.clone();
+            reached.sort_unstable();
+            reached.dedup();
+            for (i, &r) in reached.iter().enumerate() {
+                local[r] = i;
+            }
+            let mut products: Vec<Mat<f64>> = (0..n_mats).map(|_| Mat::<f64>::zeros(m, m)).collect();
+            group_sums_by_products(q, &levels, &ptr, &rows, &vals, &reached, &local, &mut products);
+            for k in 0..n_mats {
+                let scale = scattered[k].norm_max();
+                for b in 0..m {
+                    for r in b..m {
+                        let (x, y) = (products[k][(r, b)], scattered[k][(r, b)]);
+                        assert!((x - y).abs() <= 1e-12 * scale, "q {q} mat {k} ({r}, {b}): {x} vs {y}");
+                    }
+                }
+            }
+            assert!(scattered[0].norm_max() > 0.0);
+        }
     }
 
     #[test]

@@ -65,6 +65,15 @@ fn main() {
     let t = Instant::now();
     let mut model = Model::new(&y, x.as_ref(), terms, reml).unwrap();
     println!("model: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let mut clones = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let twin = model.clone();
+        clones.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(twin);
+    }
+    clones.sort_by(f64::total_cmp);
+    println!("clone: median {:.2} ms, min {:.2} ms over 10", clones[5], clones[0]);
     let theta: Vec<f64> = model.theta_start().iter().map(|v| v * 0.5).collect();
     let mut times = Vec::new();
     let mut value = 0.0;

@@ -913,7 +913,7 @@ impl<'a> Data<'a> {
     fn of(model: &'a Model) -> Self {
         Data {
             y: &model.y,
-            x: model.x.as_ref(),
+            x: Mat::as_ref(&model.x),
             reml: model.reml,
         }
     }
@@ -1312,7 +1312,7 @@ mod tests {
         let p = model.p;
         let mut zl_cols: Vec<Vec<f64>> = Vec::new();
         let mut toff = 0;
-        for t in &model.terms {
+        for t in model.terms.iter() {
             let q = t.q;
             let mut lam = vec![0.0; q * q];
             theta_to_lambda(&theta[toff..toff + q * (q + 1) / 2], q, &mut lam);

@@ -23,6 +23,8 @@
 //!     REML(θ)      = log|L_θ|² + log|R_X|² + (n − p)(1 + log(2π r² / (n − p)))
 //! ```
 
+use std::sync::Arc;
+
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch, LltParams};
 use faer::linalg::matmul::matmul;
@@ -372,10 +374,12 @@ pub struct Model {
     pub(crate) n: usize,
     pub(crate) p: usize,
     pub(crate) reml: bool,
-    pub(crate) y: Vec<f64>,
+    /// y, X, the terms and the crossproduct never change after construction: a clone (the
+    /// second thread's model, see `optimize`) shares them.
+    pub(crate) y: Arc<Vec<f64>>,
     /// n × p, column-major.
-    pub(crate) x: Mat<f64>,
-    pub(crate) terms: Vec<Term>,
+    pub(crate) x: Arc<Mat<f64>>,
+    pub(crate) terms: Arc<Vec<Term>>,
     pub(crate) theta_offsets: Vec<usize>,
     pub(crate) n_theta: usize,
     /// Offset of each term k ≥ 1 within the rest block (unused for term 0).
@@ -387,7 +391,7 @@ pub struct Model {
     /// λ of each rest row when every rest term is scalar (workspace of `update_l`).
     pub(crate) rest_scale: Vec<f64>,
     pub(crate) m: usize,
-    pub(crate) a: Crossprod,
+    pub(crate) a: Arc<Crossprod>,
     pub(crate) l: Factor,
     /// λ_k, q_k × q_k column-major, for the θ last set.
     pub(crate) lambdas: Vec<Vec<f64>>,
@@ -550,9 +554,9 @@ impl Model {
             n,
             p,
             reml,
-            y,
-            x,
-            terms,
+            y: Arc::new(y),
+            x: Arc::new(x),
+            terms: Arc::new(terms),
             theta_offsets,
             n_theta,
             rest_offsets,
@@ -560,7 +564,7 @@ impl Model {
             rest_scale: vec![0.0; m],
             rest_rows,
             m,
-            a,
+            a: Arc::new(a),
             l,
             lambdas,
             chol_buffer: Scratch::new(scratch),
@@ -1059,9 +1063,9 @@ impl Model {
             });
         }
         let mut out = self.clone();
-        out.y.copy_from_slice(y);
+        Arc::make_mut(&mut out.y).copy_from_slice(y);
         let p = self.p;
-        let a = &mut out.a;
+        let a = Arc::make_mut(&mut out.a);
         let t1 = &self.terms[0];
         let q1 = t1.q;
         for r in 0..a.a31t.nrows() {
@@ -1122,7 +1126,7 @@ impl Model {
     /// Lower bounds of θ: 0 on the diagonal of each λ_k, −∞ elsewhere.
     pub fn lower_bounds(&self) -> Vec<f64> {
         let mut lb = Vec::with_capacity(self.n_theta);
-        for t in &self.terms {
+        for t in self.terms.iter() {
             for col in 0..t.q {
                 for row in col..t.q {
                     lb.push(if row == col { 0.0 } else { f64::NEG_INFINITY });
@@ -2995,7 +2999,7 @@ mod tests {
         close(&swapped.a.a31t, &fresh.a.a31t);
         close(&swapped.a.a32t, &fresh.a.a32t);
         close(&swapped.a.a33, &fresh.a.a33);
-        assert_eq!(swapped.y, y2);
+        assert_eq!(*swapped.y, y2);
         let theta = random_theta(&mut g, &fresh);
         let (ours, theirs) = (swapped.estimates(&theta).unwrap(), fresh.estimates(&theta).unwrap());
         assert!((ours.objective - theirs.objective).abs() < 1e-9 * theirs.objective.abs());

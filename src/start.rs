@@ -46,7 +46,7 @@ const SINGULAR_PIVOT: f64 = 1e-10;
 /// least squares cannot be formed or a value is not finite.
 pub fn moment_start(model: &Model) -> Option<Vec<f64>> {
     let (n, p) = (model.n, model.p);
-    let mut r = model.y.clone();
+    let mut r: Vec<f64> = model.y.to_vec();
     if p > 0 {
         let a33 = &model.a.a33;
         let mut xtx: Vec<f64> = (0..p * p).map(|i| a33[(i % p, i / p)]).collect();

@@ -86,6 +86,10 @@ fn main() {
     println!("objective {value:.6}: median {:.2} ms, min {:.2} ms over {reps}", times[reps / 2], times[0]);
     let pct = |f: f64| times[((reps as f64 - 1.0) * f) as usize];
     println!("  percentiles 10/25/50/75/90: {:.2} {:.2} {:.2} {:.2} {:.2}", pct(0.1), pct(0.25), pct(0.5), pct(0.75), pct(0.9));
+    if std::env::var_os("DUMPED_OBJECTIVE_ONLY").is_some() {
+        // DUMPED_OBJECTIVE_ONLY=1: stop after the objective's timings (a profile of the θ loop alone).
+        return;
+    }
     let mut times = Vec::new();
     let mut objective = 0.0;
     for _ in 0..reps.clamp(1, 10) {

@@ -30,6 +30,21 @@ use faer::sparse::{SparseColMatRef, SymbolicSparseColMatRef};
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par, Side, Spec};
 
 use crate::sparse_split::{SplitPlan, SplitWork};
+use crate::two_threads::{self, PhasedTasks};
+
+/// S's values, written by panels on two threads (see [`SparseRest::fill`]).
+struct Values(*mut f64);
+
+// SAFETY: the panels of one fill write disjoint ranges of the values.
+unsafe impl Send for Values {}
+unsafe impl Sync for Values {}
+
+impl Values {
+    /// A pointer to value `i` (a method, so closures capture the whole `Values`).
+    fn at(&self, i: usize) -> *mut f64 {
+        self.0.wrapping_add(i)
+    }
+}
 
 /// Rest blocks smaller than this stay dense: their dense factor costs microseconds.
 pub(crate) const SPARSE_REST_MIN: usize = 256;
@@ -125,6 +140,8 @@ pub(crate) struct SparseRest {
     rhs: Mat<f64>,
     buffer: MemBuffer,
     split_work: Option<SplitWork>,
+    /// The panels of [`fill`](Self::fill) in the order they are claimed, and their width.
+    fill_tasks: Option<(usize, PhasedTasks<usize>)>,
     /// log|L₂₂|² of the last factorisation.
     pub(crate) logdet: f64,
 }
@@ -224,6 +241,7 @@ impl SparseRest {
             rhs: Mat::zeros(m, p1),
             buffer: MemBuffer::new(if split_work.is_some() { StackReq::EMPTY } else { shared.req }),
             split_work,
+            fill_tasks: None,
             logdet: 0.0,
             shared,
         }
@@ -234,51 +252,57 @@ impl SparseRest {
     /// panel k (it may write the pattern's rows only), and the pattern's entries are moved into
     /// S, leaving the workspace zero. A panel of dense columns stays in cache while the block
     /// columns of L₂₁ that reach it are read in one pass, where filling S a column at a time
-    /// read them once per column. With `parallel`, the panels are split in two runs of about
-    /// equal storage, one per thread.
+    /// read them once per column. With `parallel`, two threads claim panels one at a time, the
+    /// last panel first (the later columns of InstEval's S take up to four times the updates of
+    /// the first ones, and a split into two runs of equal storage kept one thread waiting a
+    /// third of the time); each panel's values are the same whichever thread computes them.
     pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, width: usize, panel: impl Fn(usize, MatMut<'_, f64>) + Sync) {
         let sh = &*self.shared;
         let m = self.work.nrows();
         let n_panels = m.div_ceil(width);
-        let run = |panels: std::ops::Range<usize>, values: &mut [f64], work: &mut Mat<f64>| {
-            let base = sh.pattern.col_ptr[panels.start * width];
-            for k in panels {
-                let b0 = k * width;
-                let cols = width.min(m - b0);
-                let mut w = work.as_mut().subcols_mut(0, cols);
-                for c in 0..cols {
-                    let b = b0 + c;
-                    let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
-                    let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
-                    let sb = scale[b];
-                    for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
-                        col[r] = v * scale[r] * sb;
-                    }
-                }
-                panel(k, w.as_mut());
-                for c in 0..cols {
-                    let b = b0 + c;
-                    let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
-                    let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
-                    for (v, &r) in values[s - base..e - base].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
-                        *v = std::mem::take(&mut col[r]);
-                    }
-                }
-            }
-        };
         if self.work.ncols() < width {
             self.work = Mat::zeros(m, width);
             self.work2 = Mat::zeros(m, width);
         }
-        if parallel && n_panels > 1 {
-            let half = sh.pattern.nnz() / 2;
-            let mid = (0..n_panels).find(|&k| sh.pattern.col_ptr[k * width] >= half).unwrap_or(n_panels).clamp(1, n_panels - 1);
-            let (v1, v2) = self.values.split_at_mut(sh.pattern.col_ptr[mid * width]);
-            let (w1, w2) = (&mut self.work, &mut self.work2);
-            rayon::join(|| run(0..mid, v1, w1), || run(mid..n_panels, v2, w2));
-        } else {
-            run(0..n_panels, &mut self.values, &mut self.work);
+        if self.fill_tasks.as_ref().is_none_or(|(w, _)| *w != width) {
+            let mut tasks = PhasedTasks::new();
+            for k in (0..n_panels).rev() {
+                tasks.push(k);
+            }
+            self.fill_tasks = Some((width, tasks));
         }
+        let values = Values(self.values.as_mut_ptr());
+        let tasks = &self.fill_tasks.as_ref().unwrap().1;
+        let run = |&k: &usize, work: &mut Mat<f64>| {
+            let b0 = k * width;
+            let cols = width.min(m - b0);
+            let mut w = work.as_mut().subcols_mut(0, cols);
+            for c in 0..cols {
+                let b = b0 + c;
+                let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
+                let (s, e) = (sh.a22.col_ptr[b], sh.a22.col_ptr[b + 1]);
+                let sb = scale[b];
+                for (&r, &v) in sh.a22.row_idx[s..e].iter().zip(&sh.a22_vals[s..e]) {
+                    col[r] = v * scale[r] * sb;
+                }
+            }
+            panel(k, w.as_mut());
+            let (begin, end) = (sh.pattern.col_ptr[b0], sh.pattern.col_ptr[b0 + cols]);
+            // SAFETY: panel k alone writes S's values begin..end (its columns' entries), and
+            // `self.values` is borrowed mutably for the whole run.
+            let out = unsafe { std::slice::from_raw_parts_mut(values.at(begin), end - begin) };
+            for c in 0..cols {
+                let b = b0 + c;
+                let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
+                let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
+                for (v, &r) in out[s - begin..e - begin].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
+                    *v = std::mem::take(&mut col[r]);
+                }
+            }
+            Ok(0.0)
+        };
+        two_threads::run(tasks, parallel && n_panels > 1, [&mut self.work, &mut self.work2], run)
+            .expect("filling S reports no failure");
     }
 
     /// Factors S; on success sets `logdet`. A non-positive pivot is reported by its index in

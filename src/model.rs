@@ -1339,7 +1339,7 @@ impl Model {
         matmul(l.l33.as_mut(), Accum::Add, l.l31t.transpose(), l.l31t.as_ref(), -1.0, Par::Seq);
         if m > 0 {
             match (rest_logdet, self.sparse.as_mut()) {
-                (Some(_), Some(sp)) => sp.subtract_quadratic_form(l.l32t.as_ref(), l.l33.as_mut()),
+                (Some(_), Some(sp)) => sp.subtract_quadratic_form(l.l32t.as_ref(), l.l33.as_mut(), self.parallel_schur),
                 _ => matmul(l.l33.as_mut(), Accum::Add, l.l32t.transpose(), l.l32t.as_ref(), -1.0, Par::Seq),
             }
         }

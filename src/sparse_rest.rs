@@ -406,10 +406,10 @@ impl SparseRest {
 
     /// l33 −= Cᵀ S⁻¹ C, with the factor of the last [`factor`](Self::factor): with PSPᵀ = LLᵀ
     /// that is XᵀX for X = L⁻¹PC, a forward substitution only.
-    pub(crate) fn subtract_quadratic_form(&mut self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>) {
+    pub(crate) fn subtract_quadratic_form(&mut self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>, parallel: bool) {
         let shared = &*self.shared;
         if let (Some(plan), Some(work)) = (&shared.split, self.split_work.as_mut()) {
-            plan.subtract_quadratic_form(c, l33, work);
+            plan.subtract_quadratic_form(c, l33, work, parallel);
             return;
         }
         match shared.symbolic.perm() {

@@ -77,6 +77,8 @@ pub(crate) struct SplitPlan {
     dest: Vec<usize>,
     max_n: usize,
     max_r: usize,
+    /// Subtrees first_of_second.. are the second group (eliminated into the second buffer).
+    first_of_second: usize,
     /// One factorisation as phases of steps for one or two threads (see [`Step`]).
     steps: PhasedTasks<Step>,
 }
@@ -113,6 +115,10 @@ enum Step {
 struct ThreadScratch {
     buffer: MemBuffer,
     product: Mat<f64>,
+    /// A subtree's rows of C (n × p₁), then xᵢ = Lᵢᵢ⁻¹Cᵢ, and Wᵢᵀxᵢ (r × p₁), for
+    /// [`SplitPlan::subtract_quadratic_form`].
+    x: Mat<f64>,
+    wx: Mat<f64>,
 }
 
 /// Per-model numeric workspace of a [`SplitPlan`].
@@ -123,7 +129,9 @@ pub(crate) struct SplitWork {
     scratch: [ThreadScratch; 2],
     rhs: Mat<f64>,
     top_rhs: Mat<f64>,
-    coupling_rhs: Mat<f64>,
+    /// The second subtree group's −ΣWᵢᵀxᵢ (t × p₁) and −Σxᵢᵀxᵢ (p₁ × p₁).
+    top_rhs_second: Mat<f64>,
+    form_second: Mat<f64>,
 }
 
 /// Raw views of a [`SplitWork`]'s arena and second buffer for the steps of one factorisation.
@@ -346,6 +354,7 @@ impl SplitPlan {
             dest,
             max_n,
             max_r,
+            first_of_second,
             steps,
         })
     }
@@ -425,6 +434,8 @@ impl SplitPlan {
         let scratch = || ThreadScratch {
             buffer: MemBuffer::new(req),
             product: Mat::zeros(self.max_r, self.max_r),
+            x: Mat::zeros(self.max_n, p1),
+            wx: Mat::zeros(self.max_r, p1),
         };
         SplitWork {
             arena: vec![0.0; self.top_offset + t * t],
@@ -432,7 +443,8 @@ impl SplitPlan {
             scratch: [scratch(), scratch()],
             rhs: Mat::zeros(self.fwd.len(), p1),
             top_rhs: Mat::zeros(t, p1),
-            coupling_rhs: Mat::zeros(self.max_r, p1),
+            top_rhs_second: Mat::zeros(t, p1),
+            form_second: Mat::zeros(p1, p1),
         }
     }
 
@@ -592,42 +604,150 @@ impl SplitPlan {
         }
     }
 
-    /// l33 −= CᵀS⁻¹C with the factor of the last [`factor`](Self::factor); `c` is m × p1 in
-    /// the rest block's own order.
-    pub(crate) fn subtract_quadratic_form(&self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>, w: &mut SplitWork) {
-        let t = self.top.len();
-        let mut l33 = l33;
-        for j in 0..c.ncols() {
-            for (pos, &from) in self.fwd.iter().enumerate() {
-                w.rhs[(pos, j)] = c[(from, j)];
-            }
+    /// l33 −= CᵀS⁻¹C with the factor of the last [`factor`](Self::factor); `c` is m × p₁ in
+    /// the rest block's own order. With X = L⁻¹PC: xᵢ = Lᵢᵢ⁻¹Cᵢ per subtree and
+    /// x_top = L_top⁻¹(C_top − ΣWᵢᵀxᵢ), and CᵀS⁻¹C = Σxᵢᵀxᵢ + x_topᵀx_top. In three phases on
+    /// one or, with `parallel`, two threads (the same bits either way): the two subtree groups
+    /// (the second's sums in their own buffers); the two halves of the columns of x_top; the two
+    /// halves of the rows of l33.
+    pub(crate) fn subtract_quadratic_form(&self, c: MatRef<'_, f64>, l33: MatMut<'_, f64>, w: &mut SplitWork, parallel: bool) {
+        let (t, p1) = (self.top.len(), c.ncols());
+        for j in 0..p1 {
             for (k, &pos) in self.top.iter().enumerate() {
-                w.top_rhs[(k, j)] = w.rhs[(pos, j)];
+                w.top_rhs[(k, j)] = c[(self.fwd[pos], j)];
             }
         }
-        let p1 = c.ncols();
-        for st in &self.subtrees {
-            let (n, r) = (st.n(), st.rows.len());
-            let block = &w.arena[st.offset..st.offset + st.len()];
-            let l = MatRef::from_column_major_slice(&block[..n * n], n, n);
-            let wi = MatRef::from_column_major_slice(&block[n * n..], n, r);
-            let mut x = w.rhs.as_mut().subrows_mut(st.begin, n);
-            solve_lower_triangular_in_place(l, x.as_mut(), Par::Seq);
-            matmul(l33.as_mut(), Accum::Add, x.as_ref().transpose(), x.as_ref(), -1.0, Par::Seq);
-            // C_top[rows] −= Wᵢᵀxᵢ.
-            let mut prod = w.coupling_rhs.as_mut().subrows_mut(0, r);
-            matmul(prod.as_mut(), Accum::Replace, wi.transpose(), x.as_ref(), 1.0, Par::Seq);
-            for j in 0..p1 {
-                for (a, &k) in st.rows.iter().enumerate() {
-                    w.top_rhs[(k, j)] -= prod[(a, j)];
+        w.top_rhs_second.as_mut().subcols_mut(0, p1).fill(0.0);
+        w.form_second.as_mut().submatrix_mut(0, 0, p1, p1).fill(0.0);
+        let half = p1.div_ceil(2);
+        let mut tasks = PhasedTasks::new();
+        for group in [0, 1] {
+            tasks.push(FormStep::Subtrees { group });
+        }
+        tasks.phase();
+        for second in [false, true] {
+            tasks.push(FormStep::Solve { second });
+        }
+        tasks.phase();
+        for second in [false, true] {
+            tasks.push(FormStep::Product { second });
+        }
+        let raw = FormRaw {
+            top_rhs: w.top_rhs.as_ptr_mut(),
+            top_rhs_stride: w.top_rhs.col_stride(),
+            top_rhs_second: w.top_rhs_second.as_ptr_mut(),
+            second_stride: w.top_rhs_second.col_stride(),
+            form_second: w.form_second.as_ptr_mut(),
+            form_second_stride: w.form_second.col_stride(),
+            l33: l33.as_ptr_mut(),
+            l33_row_stride: l33.row_stride(),
+            l33_col_stride: l33.col_stride(),
+        };
+        let arena = &w.arena;
+        let [s0, s1] = &mut w.scratch;
+        // SAFETY: `raw` points into `w` and `l33`, borrowed for the whole run; see `FormStep`
+        // for what each step touches.
+        two_threads::run(&tasks, parallel, [s0, s1], |step, scratch| unsafe {
+            self.form_step(*step, raw, arena, c, t, p1, half, scratch);
+            Ok(0.0)
+        })
+        .expect("the quadratic form reports no failure");
+    }
+
+    /// One step of [`subtract_quadratic_form`](Self::subtract_quadratic_form).
+    ///
+    /// # Safety
+    /// `raw` must point at a t × p₁ `top_rhs` and `top_rhs_second`, a p₁ × p₁ `form_second` and
+    /// `l33`, and no other step of the same phase may touch what this one touches (see
+    /// [`FormStep`]).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn form_step(&self, step: FormStep, raw: FormRaw, arena: &[f64], c: MatRef<'_, f64>, t: usize, p1: usize, half: usize, scratch: &mut ThreadScratch) {
+        let top_rhs = || MatMut::from_raw_parts_mut(raw.top_rhs, t, p1, 1, raw.top_rhs_stride);
+        let second = || MatMut::from_raw_parts_mut(raw.top_rhs_second, t, p1, 1, raw.second_stride);
+        let form_second = || MatMut::from_raw_parts_mut(raw.form_second, p1, p1, 1, raw.form_second_stride);
+        let l33 = || MatMut::from_raw_parts_mut(raw.l33, p1, p1, raw.l33_row_stride, raw.l33_col_stride);
+        match step {
+            FormStep::Subtrees { group } => {
+                let subtrees = if group == 0 { &self.subtrees[..self.first_of_second] } else { &self.subtrees[self.first_of_second..] };
+                let (mut rhs, mut form) = if group == 0 { (top_rhs(), l33()) } else { (second(), form_second()) };
+                for st in subtrees {
+                    let (n, r) = (st.n(), st.rows.len());
+                    let block = &arena[st.offset..st.offset + st.len()];
+                    let l = MatRef::from_column_major_slice(&block[..n * n], n, n);
+                    let wi = MatRef::from_column_major_slice(&block[n * n..], n, r);
+                    let mut x = scratch.x.as_mut().submatrix_mut(0, 0, n, p1);
+                    for j in 0..p1 {
+                        for i in 0..n {
+                            x[(i, j)] = c[(self.fwd[st.begin + i], j)];
+                        }
+                    }
+                    solve_lower_triangular_in_place(l, x.as_mut(), Par::Seq);
+                    matmul(form.as_mut(), Accum::Add, x.as_ref().transpose(), x.as_ref(), -1.0, Par::Seq);
+                    // C_top[rows] −= Wᵢᵀxᵢ.
+                    let mut prod = scratch.wx.as_mut().submatrix_mut(0, 0, r, p1);
+                    matmul(prod.as_mut(), Accum::Replace, wi.transpose(), x.as_ref(), 1.0, Par::Seq);
+                    for j in 0..p1 {
+                        for (a, &k) in st.rows.iter().enumerate() {
+                            rhs[(k, j)] -= prod[(a, j)];
+                        }
+                    }
                 }
             }
+            FormStep::Solve { second: upper } => {
+                // Columns of x_top: the second group's sums added, then L_top⁻¹.
+                let (j0, j1) = if upper { (half, p1) } else { (0, half) };
+                if j0 == j1 {
+                    return;
+                }
+                let mut rhs = top_rhs().subcols_mut(j0, j1 - j0);
+                rhs += second().subcols_mut(j0, j1 - j0).as_ref();
+                let top = MatRef::from_column_major_slice(&arena[self.top_offset..self.top_offset + t * t], t, t);
+                solve_lower_triangular_in_place(top, rhs, Par::Seq);
+            }
+            FormStep::Product { second: lower } => {
+                // Rows of l33: the second group's sums added, then −x_top[:, rows]ᵀx_top.
+                let (i0, i1) = if lower { (half, p1) } else { (0, half) };
+                if i0 == i1 {
+                    return;
+                }
+                let mut rows = l33().subrows_mut(i0, i1 - i0);
+                rows += form_second().subrows_mut(i0, i1 - i0).as_ref();
+                let x = top_rhs();
+                matmul(rows, Accum::Add, x.as_ref().subcols(i0, i1 - i0).transpose(), x.as_ref(), -1.0, Par::Seq);
+            }
         }
-        let top = MatRef::from_column_major_slice(&w.arena[self.top_offset..self.top_offset + t * t], t, t);
-        solve_lower_triangular_in_place(top, w.top_rhs.as_mut(), Par::Seq);
-        matmul(l33, Accum::Add, w.top_rhs.transpose(), w.top_rhs.as_ref(), -1.0, Par::Seq);
     }
 }
+
+/// A step of [`SplitPlan::subtract_quadratic_form`]. `Subtrees` of group 0 update `top_rhs` and
+/// `l33`, of group 1 `top_rhs_second` and `form_second`; `Solve` touches the first or second
+/// half of the columns of `top_rhs` (reading `top_rhs_second`'s); `Product` the first or second
+/// half of the rows of `l33` (reading all of `top_rhs` and `form_second`'s rows).
+#[derive(Debug, Clone, Copy)]
+enum FormStep {
+    Subtrees { group: usize },
+    Solve { second: bool },
+    Product { second: bool },
+}
+
+/// Raw views for [`FormStep`]s.
+#[derive(Clone, Copy)]
+struct FormRaw {
+    top_rhs: *mut f64,
+    top_rhs_stride: isize,
+    top_rhs_second: *mut f64,
+    second_stride: isize,
+    form_second: *mut f64,
+    form_second_stride: isize,
+    l33: *mut f64,
+    l33_row_stride: isize,
+    l33_col_stride: isize,
+}
+
+// SAFETY: the steps of one phase touch disjoint entries (see `FormStep`), and the phases order
+// every write before the reads of it (`two_threads::run`).
+unsafe impl Send for FormRaw {}
+unsafe impl Sync for FormRaw {}
 
 /// Eliminates `subtrees` (their blocks in `arena`, which starts at arena offset `base`),
 /// subtracting WᵢᵀWᵢ from `target` (the top block or the second thread's buffer); returns
@@ -741,7 +861,7 @@ mod tests {
                 logdets.push(ours);
                 assert!((ours - logdet).abs() < 1e-10 * logdet.abs(), "seed {seed}: {ours} vs {logdet}");
                 let mut l33 = Mat::<f64>::zeros(3, 3);
-                plan.subtract_quadratic_form(c.as_ref(), l33.as_mut(), &mut work);
+                plan.subtract_quadratic_form(c.as_ref(), l33.as_mut(), &mut work, parallel);
                 for i in 0..3 {
                     for j in 0..3 {
                         assert!((l33[(i, j)] + quad[(i, j)]).abs() < 1e-10 * quad[(i, i)].abs().max(1.0), "seed {seed} ({i}, {j})");

@@ -115,6 +115,14 @@ impl Pattern {
     }
 }
 
+/// What [`SparseRest::analyse`] computes from the pattern alone.
+pub(crate) struct Analysis {
+    pattern: Pattern,
+    symbolic: SymbolicCholesky<usize>,
+    req: StackReq,
+    split: Option<SplitPlan>,
+}
+
 struct Shared {
     pattern: Pattern,
     /// The nonzero entries of A₂₂'s lower triangle, by column (rows ascending).
@@ -182,9 +190,11 @@ fn supernodal_flops(symbolic: &SymbolicCholesky<usize>) -> Option<f64> {
 }
 
 impl SparseRest {
-    /// Analyses the pattern of S (m × m, with `p1` columns of [X y]); `None` when the sparse
-    /// factor would not pay (see [`MAX_FLOP_RATIO`]) or the analysis fails.
-    pub(crate) fn plan(m: usize, p1: usize, pattern: Pattern, a22: MatRef<'_, f64>) -> Option<SparseRest> {
+    /// Analyses the pattern of S (m × m, with `p1` columns of [X y]): the fill-reducing
+    /// ordering, the symbolic factor and the cut, all from the pattern alone, so that it can run
+    /// while the crossproduct is formed. `None` when the sparse factor would not pay (see
+    /// [`MAX_FLOP_RATIO`]) or the analysis fails.
+    pub(crate) fn analyse(m: usize, p1: usize, pattern: Pattern) -> Option<Analysis> {
         if m < SPARSE_REST_MIN {
             return None;
         }
@@ -203,6 +213,19 @@ impl SparseRest {
             symbolic.factorize_numeric_llt_scratch::<f64>(Par::Seq, Spec::<LltParams, f64>::default()),
             symbolic.solve_in_place_scratch::<f64>(p1, Par::Seq),
         ]);
+        let split = SplitPlan::new(&symbolic, &pattern, sparse, rayon::current_num_threads());
+        Some(Analysis {
+            pattern,
+            symbolic,
+            req,
+            split,
+        })
+    }
+
+    /// The sparse rest block from its [`Analysis`] and the dense A₂₂ (its nonzero lower
+    /// triangle is kept).
+    pub(crate) fn from_analysis(analysis: Analysis, p1: usize, a22: MatRef<'_, f64>) -> SparseRest {
+        let m = a22.nrows();
         let mut a22_pattern = Pattern {
             col_ptr: vec![0],
             row_idx: Vec::new(),
@@ -218,7 +241,12 @@ impl SparseRest {
             }
             a22_pattern.col_ptr.push(a22_vals.len());
         }
-        let split = SplitPlan::new(&symbolic, &pattern, sparse, rayon::current_num_threads());
+        let Analysis {
+            pattern,
+            symbolic,
+            req,
+            split,
+        } = analysis;
         let shared = Arc::new(Shared {
             pattern,
             a22: a22_pattern,
@@ -227,7 +255,7 @@ impl SparseRest {
             req,
             split,
         });
-        Some(SparseRest::with_shared(shared, p1))
+        SparseRest::with_shared(shared, p1)
     }
 
     fn with_shared(shared: Arc<Shared>, p1: usize) -> SparseRest {

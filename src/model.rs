@@ -126,14 +126,23 @@ pub(crate) struct Crossprod {
     /// Levels of a scalar term 1 with equal A₁₁ⱼ, whose Schur updates are summed once (see
     /// [`SchurGroup`]); their entries are left out of `a21_by_row`.
     schur_groups: Vec<SchurGroup>,
-    /// Z_restᵀZ_rest, dense m×m (full symmetric).
-    a22: Mat<f64>,
+    /// Z_restᵀZ_rest, dense m×m (full symmetric). Formed with the crossproduct, except where
+    /// the objective factors the rest block sparse: then by the first dense use (the
+    /// conditional covariances, the influence diagnostics; see [`Model::ensure_dense_a22`]).
+    a22: std::sync::OnceLock<Mat<f64>>,
     /// Z₁ᵀ[X y], (q₁ℓ₁) × (p+1).
     a31t: Mat<f64>,
     /// Z_restᵀ[X y], m × (p+1).
     a32t: Mat<f64>,
     /// [X y]ᵀ[X y], (p+1) × (p+1).
     pub(crate) a33: Mat<f64>,
+}
+
+impl Crossprod {
+    /// The dense A₂₂, formed by [`Model::ensure_dense_a22`] where the crossproduct did not.
+    fn dense_a22(&self) -> MatRef<'_, f64> {
+        self.a22.get().expect("the dense A₂₂ is formed before the dense rest block is").as_ref()
+    }
 }
 
 /// Levels j of the first term that share one block A₁₁ⱼ = Σ zᵢzᵢᵀ. With scalar rest terms,
@@ -534,13 +543,18 @@ impl Model {
         let sparse_candidate = m >= SPARSE_REST_MIN && terms.iter().skip(1).all(|t| t.q == 1);
         let analyse = || {
             let (ptr, rows) = level_rest_rows(&terms, &rest_base, m);
-            Self::rest_pattern(&terms, &ptr, &rows, &rest_base, m).and_then(|pattern| SparseRest::analyse(m, p + 1, pattern))
+            let analysis = Self::rest_pattern(&terms, &ptr, &rows, &rest_base, m).and_then(|pattern| SparseRest::analyse(m, p + 1, pattern))?;
+            Some((analysis, a22_lower(&terms, &rest_base, m)))
         };
         let (a, analysis) = if sparse_candidate {
-            rayon::join(|| Self::crossprod(&y, x.as_ref(), &terms, &rest_base, m), analyse)
+            rayon::join(|| Self::crossprod(&y, x.as_ref(), &terms, &rest_base, m, false), analyse)
         } else {
-            (Self::crossprod(&y, x.as_ref(), &terms, &rest_base, m), None)
+            (Self::crossprod(&y, x.as_ref(), &terms, &rest_base, m, true), None)
         };
+        if analysis.is_none() && a.a22.get().is_none() {
+            // The pattern did not pay: the dense rest block needs A₂₂ at every evaluation.
+            let _ = a.a22.set(a22_dense(&terms, &rest_base, m));
+        }
         let q1 = terms[0].q;
         let l = Factor {
             l11: vec![0.0; a.a11.len()],
@@ -553,7 +567,7 @@ impl Model {
         };
         let par = if m >= PARALLEL_REST_MIN { Par::rayon(0) } else { Par::Seq };
         let parallel_schur = Self::schur_work(&a, q1, m) >= PARALLEL_SCHUR_MIN_WORK || m >= PARALLEL_REST_MIN;
-        let sparse = analysis.map(|analysis| SparseRest::from_analysis(analysis, p + 1, a.a22.as_ref()));
+        let sparse = analysis.map(|(analysis, (a22_pattern, a22_vals))| SparseRest::from_analysis(analysis, p + 1, a22_pattern, a22_vals));
         let scratch = cholesky_in_place_scratch::<f64>(m.max(p + 1), Par::rayon(0), Spec::<LltParams, f64>::default());
         let lambdas = terms.iter().map(|t| vec![0.0; t.q * t.q]).collect();
         Ok(Model {
@@ -818,7 +832,7 @@ impl Model {
             .collect()
     }
 
-    fn crossprod(y: &[f64], x: MatRef<'_, f64>, terms: &[Term], rest_base: &[Vec<usize>], m: usize) -> Crossprod {
+    fn crossprod(y: &[f64], x: MatRef<'_, f64>, terms: &[Term], rest_base: &[Vec<usize>], m: usize, dense_a22: bool) -> Crossprod {
         let n = y.len();
         let p = x.ncols();
         let t1 = &terms[0];
@@ -890,7 +904,10 @@ impl Model {
         let mut schur_run_ptr = vec![0usize];
         let mut schur_runs: Vec<(usize, usize, usize)> = Vec::new();
         let mut schur_groups = Vec::new();
-        let mut a22 = Mat::<f64>::zeros(m, m);
+        let a22 = std::sync::OnceLock::new();
+        if dense_a22 {
+            let _ = a22.set(a22_dense(terms, rest_base, m));
+        }
         let mut a32t = Mat::<f64>::zeros(m, p + 1);
         if m > 0 {
             // slot[r] = position of rest row r in the current level's row list, or usize::MAX.
@@ -987,21 +1004,6 @@ impl Model {
                 schur_run_ptr.push(schur_runs.len());
             }
 
-            for i in 0..n {
-                for (k, tk) in terms.iter().enumerate().skip(1) {
-                    let bk = rest_base[k][tk.codes[i] as usize];
-                    let zk = tk.z_row(i);
-                    for (h, th) in terms.iter().enumerate().skip(1) {
-                        let bh = rest_base[h][th.codes[i] as usize];
-                        let zh = th.z_row(i);
-                        for ch in 0..th.q {
-                            for ck in 0..tk.q {
-                                a22[(bk + ck, bh + ch)] += zk[ck] * zh[ch];
-                            }
-                        }
-                    }
-                }
-            }
             // A₃₂ᵀ by columns of [X y], as A₃₁ᵀ above.
             for t in 0..=p {
                 let v = column(t);
@@ -1179,8 +1181,16 @@ impl Model {
     /// [`SparseRest`]) the rest block is factored sparse instead, leaving L₂₂ and L₃₂ stale and
     /// returning log|L₂₂|²; with `use_sparse` and a single term, L₃₁ is not stored, and with
     /// q ≤ 2 neither is L₁₁ (log|L₁₁|² is returned instead).
+    /// Forms the dense A₂₂ if it has not been: the rest block's dense path reads it.
+    fn ensure_dense_a22(&self) {
+        self.a.a22.get_or_init(|| a22_dense(&self.terms, &self.rest_base, self.m));
+    }
+
     fn update_l_with(&mut self, theta: &[f64], use_sparse: bool) -> CoreResult<Logdets> {
         self.set_theta(theta)?;
+        if self.m > 0 && !(use_sparse && self.sparse.is_some()) {
+            self.ensure_dense_a22();
+        }
         let mut rest_logdet = None;
         let p1 = self.p + 1;
         let t1 = &self.terms[0];
@@ -1282,7 +1292,7 @@ impl Model {
                 l.l22 = Mat::zeros(m, m);
             }
             if !all_scalar {
-                l.l22.as_mut().copy_from(a.a22.as_ref());
+                l.l22.as_mut().copy_from(a.dense_a22());
                 scale_rest_sym(&mut l.l22, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
             }
             let scale = &self.rest_scale;
@@ -1735,6 +1745,87 @@ impl Model {
 /// land in the short bottom of each column, and the conditional variances' L₂₂⁻¹ columns are
 /// read from there on only (MovieLens-like items: 2.3× fewer multiply-adds than in label
 /// order). Every result is reported per level, so the layout is never seen outside the core.
+/// Z_restᵀZ_rest, dense m × m (both triangles).
+fn a22_dense(terms: &[Term], rest_base: &[Vec<usize>], m: usize) -> Mat<f64> {
+    let mut a22 = Mat::<f64>::zeros(m, m);
+    for i in 0..terms[0].codes.len() {
+        for (k, tk) in terms.iter().enumerate().skip(1) {
+            let bk = rest_base[k][tk.codes[i] as usize];
+            let zk = tk.z_row(i);
+            for (h, th) in terms.iter().enumerate().skip(1) {
+                let bh = rest_base[h][th.codes[i] as usize];
+                let zh = th.z_row(i);
+                for ch in 0..th.q {
+                    for ck in 0..tk.q {
+                        a22[(bk + ck, bh + ch)] += zk[ck] * zh[ch];
+                    }
+                }
+            }
+        }
+    }
+    a22
+}
+
+/// The nonzero entries of the lower triangle of Z_restᵀZ_rest for scalar rest terms, by column
+/// (rows ascending), without the dense m × m matrix: each entry is the sum over the
+/// observations in order, as in [`a22_dense`], so the values are the same to the bit.
+fn a22_lower(terms: &[Term], rest_base: &[Vec<usize>], m: usize) -> (Pattern, Vec<f64>) {
+    let n = terms[0].codes.len();
+    // Observation i adds z_k z_h at (row of term k, row of term h) for k ≥ h: rest rows ascend
+    // with the term, so that is the lower triangle. Listed by column, observations in order.
+    let each = |f: &mut dyn FnMut(usize, usize, f64)| {
+        for i in 0..n {
+            for (k, tk) in terms.iter().enumerate().skip(1) {
+                let rk = rest_base[k][tk.codes[i] as usize];
+                for (h, th) in terms.iter().enumerate().skip(1).take(k) {
+                    let rh = rest_base[h][th.codes[i] as usize];
+                    f(rh, rk, tk.z[i] * th.z[i]);
+                }
+            }
+        }
+    };
+    let mut start = vec![0usize; m + 1];
+    each(&mut |b, _, _| start[b + 1] += 1);
+    for b in 0..m {
+        start[b + 1] += start[b];
+    }
+    let mut next = start.clone();
+    let mut listed = vec![(0usize, 0.0f64); start[m]];
+    each(&mut |b, r, v| {
+        listed[next[b]] = (r, v);
+        next[b] += 1;
+    });
+    let mut pattern = Pattern {
+        col_ptr: Vec::with_capacity(m + 1),
+        row_idx: Vec::new(),
+    };
+    pattern.col_ptr.push(0);
+    let mut vals = Vec::new();
+    let mut sum = vec![0.0f64; m];
+    let mut seen = vec![usize::MAX; m];
+    let mut touched = Vec::new();
+    for b in 0..m {
+        for &(r, v) in &listed[start[b]..start[b + 1]] {
+            if seen[r] != b {
+                seen[r] = b;
+                touched.push(r);
+            }
+            sum[r] += v;
+        }
+        touched.sort_unstable();
+        for &r in &touched {
+            if sum[r] != 0.0 {
+                pattern.row_idx.push(r);
+                vals.push(sum[r]);
+            }
+            sum[r] = 0.0;
+        }
+        touched.clear();
+        pattern.col_ptr.push(vals.len());
+    }
+    (pattern, vals)
+}
+
 /// For each level j of the first term, the rest rows (scalar rest terms) that share an
 /// observation with it, ascending: the structure of A₂₁, from the level codes alone (as
 /// `ptr`, `rows`: level j's rows are `rows[ptr[j]..ptr[j + 1]]`).
@@ -1898,7 +1989,7 @@ fn subtract_run_products<const Q: usize>(a: &Crossprod, l21_vals: &[f64], runs: 
 fn schur_column_start(a: &Crossprod, scale: &[f64], lam1: &[f64], from_a22: bool, b: usize, col: &mut [f64]) {
     let m = col.len();
     if from_a22 {
-        let src = a.a22.col(b).try_as_col_major().unwrap().as_slice();
+        let src = a.dense_a22().col(b).try_as_col_major().unwrap().as_slice();
         let sb = scale[b];
         for r in b..m {
             col[r] = src[r] * scale[r] * sb;
@@ -3098,6 +3189,26 @@ mod tests {
         }
         for (a, b) in ours.b_cond_cov[0].iter().zip(&theirs.b_cond_cov[0]) {
             assert!((a - b).abs() < 1e-10 * b.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn sparse_a22_is_the_dense_ones_lower_triangle_to_the_bit() {
+        for (seed, shapes) in [(4u64, vec![(1, 40), (1, 300), (1, 7)]), (5, vec![(2, 25), (1, 280)]), (6, vec![(1, 60), (1, 260), (1, 9), (1, 4)])] {
+            let d = random_design_with(seed, 3000, &shapes);
+            let model = Model::new(&d.y, d.x.as_ref(), d.terms, false).unwrap();
+            let dense = a22_dense(&model.terms, &model.rest_base, model.m);
+            let (pattern, vals) = a22_lower(&model.terms, &model.rest_base, model.m);
+            let mut k = 0;
+            for b in 0..model.m {
+                for r in b..model.m {
+                    if dense[(r, b)] != 0.0 {
+                        assert_eq!((pattern.row_idx[k], vals[k].to_bits()), (r, dense[(r, b)].to_bits()), "seed {seed} ({r}, {b})");
+                        k += 1;
+                    }
+                }
+                assert_eq!(pattern.col_ptr[b + 1], k, "seed {seed} column {b}");
+            }
         }
     }
 

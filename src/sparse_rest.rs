@@ -222,25 +222,9 @@ impl SparseRest {
         })
     }
 
-    /// The sparse rest block from its [`Analysis`] and the dense A₂₂ (its nonzero lower
-    /// triangle is kept).
-    pub(crate) fn from_analysis(analysis: Analysis, p1: usize, a22: MatRef<'_, f64>) -> SparseRest {
-        let m = a22.nrows();
-        let mut a22_pattern = Pattern {
-            col_ptr: vec![0],
-            row_idx: Vec::new(),
-        };
-        let mut a22_vals = Vec::new();
-        for b in 0..m {
-            for r in b..m {
-                let v = a22[(r, b)];
-                if v != 0.0 {
-                    a22_pattern.row_idx.push(r);
-                    a22_vals.push(v);
-                }
-            }
-            a22_pattern.col_ptr.push(a22_vals.len());
-        }
+    /// The sparse rest block from its [`Analysis`] and the nonzero lower triangle of A₂₂, by
+    /// column (rows ascending).
+    pub(crate) fn from_analysis(analysis: Analysis, p1: usize, a22_pattern: Pattern, a22_vals: Vec<f64>) -> SparseRest {
         let Analysis {
             pattern,
             symbolic,

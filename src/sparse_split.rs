@@ -12,12 +12,14 @@
 //!   root supernode);
 //! - S_top[rᵢ, rᵢ] −= WᵢᵀWᵢ, one product of inner dimension nᵢ and one scatter per subtree.
 //!
-//! The subtrees form two groups of about equal work (longest first); the second group
-//! accumulates into its own buffer, added to S_top after the first's. Then L_top = chol(S_top),
-//! dense and right-looking by blocks of columns, each block's solve and trailing update cut in
-//! two. All of it is one list of steps in phases (zero, scatter S, eliminate, merge, then three
-//! phases per block of the top), which [`crate::two_threads`] runs on one or two threads with the
-//! same result to the bit. log|S| = Σ log|Lᵢᵢ|² + log|L_top|²,
+//! The subtrees' Lᵢᵢ and Wᵢ are one task each (the costliest first); the updates WᵢᵀWᵢ are then
+//! subtracted by ranges of the top block's columns, each range a task that takes every
+//! subtree's part in the subtrees' order. Then L_top = chol(S_top), dense and right-looking by
+//! blocks of columns, each block's solve and trailing update cut in two. All of it is one list
+//! of steps in phases (zero, scatter S, subtrees, updates, then three phases per block of the
+//! top), which [`crate::two_threads`] runs on one or two threads with the same result to the
+//! bit, as every entry's sums are taken in one order whichever thread takes a task.
+//! log|S| = Σ log|Lᵢᵢ|² + log|L_top|²,
 //! and CᵀS⁻¹C = Σ xᵢᵀxᵢ + x_topᵀx_top for xᵢ = Lᵢᵢ⁻¹Cᵢ, x_top = L_top⁻¹(C_top − Σ Wᵢᵀxᵢ): the
 //! same quantities as the supernodal factor, to rounding. Where the cut costs more than the
 //! supernodal factor is estimated to, none is made ([`SplitPlan::new`] returns `None`).
@@ -73,13 +75,13 @@ pub(crate) struct SplitPlan {
     top: Vec<usize>,
     subtrees: Vec<Subtree>,
     /// The arena holds the subtrees' blocks (the first group's, then the second's, see
-    /// [`Step::Eliminate`]), then the t × t top block from here.
+    /// [`SplitPlan::subtract_quadratic_form`]), then the t × t top block from here.
     top_offset: usize,
     /// The arena offset of every entry of the pattern of S (lower triangle, by column).
     dest: Vec<usize>,
     max_n: usize,
     max_r: usize,
-    /// Subtrees first_of_second.. are the second group (eliminated into the second buffer).
+    /// Subtrees first_of_second.. are the second group of [`SplitPlan::subtract_quadratic_form`].
     first_of_second: usize,
     /// One factorisation as phases of steps for one or two threads (see [`Step`]).
     steps: PhasedTasks<Step>,
@@ -90,21 +92,24 @@ pub(crate) struct SplitPlan {
 /// 96 columns 1.25–1.31 ms, 128 columns 1.30–1.45 ms.
 const TOP_BLOCK: usize = 96;
 
+/// Tasks the updates WᵢᵀWᵢ of the top block are cut into (ranges of its columns of about equal
+/// work, claimed one at a time by the two threads).
+const UPDATE_TASKS: usize = 4;
+
 /// One step of a factorisation by [`SplitPlan::factor`]. Steps of one phase touch disjoint parts
-/// of the arena and of the second buffer, and read only what earlier phases wrote.
+/// of the arena, and read only what earlier phases wrote.
 #[derive(Debug, Clone, Copy)]
 enum Step {
     /// Zero arena entries begin..end (subtrees' blocks).
     ZeroArena { begin: usize, end: usize },
-    /// Zero the lower triangle of columns c0..c1 of the top block, or of the second buffer.
-    ZeroLower { c0: usize, c1: usize, buffer: bool },
+    /// Zero the lower triangle of columns c0..c1 of the top block.
+    ZeroLower { c0: usize, c1: usize },
     /// Write the pattern's entries begin..end of S into the arena.
     Scatter { begin: usize, end: usize },
-    /// Eliminate subtrees first..last, subtracting WᵢᵀWᵢ from the top block or, with `buffer`,
-    /// from the second buffer.
-    Eliminate { first: usize, last: usize, buffer: bool },
-    /// Add the second buffer's columns c0..c1 (lower triangle) to the top block.
-    Merge { c0: usize, c1: usize },
+    /// Subtree i's Lᵢᵢ = chol(Sᵢᵢ) and Wᵢ = Lᵢᵢ⁻¹Sᵢ,ᵣ, in its own block of the arena.
+    Subtree { i: usize },
+    /// Columns c0..c1 of the top block less every subtree's WᵢᵀWᵢ there, subtree by subtree.
+    Updates { c0: usize, c1: usize },
     /// The top block, right-looking by blocks of columns k..k+kb: the diagonal block's
     /// Cholesky factor; the rows r0..r1 below it times its inverse transpose; the columns c0..c1
     /// of the trailing matrix less the panel's products.
@@ -126,8 +131,6 @@ struct ThreadScratch {
 /// Per-model numeric workspace of a [`SplitPlan`].
 pub(crate) struct SplitWork {
     arena: Vec<f64>,
-    /// The second subtree group's updates −ΣWᵢᵀWᵢ of the top block (t × t, lower triangle).
-    update: Mat<f64>,
     scratch: [ThreadScratch; 2],
     rhs: Mat<f64>,
     top_rhs: Mat<f64>,
@@ -136,12 +139,10 @@ pub(crate) struct SplitWork {
     form_second: Mat<f64>,
 }
 
-/// Raw views of a [`SplitWork`]'s arena and second buffer for the steps of one factorisation.
+/// A raw view of a [`SplitWork`]'s arena for the steps of one factorisation.
 #[derive(Clone, Copy)]
 struct Raw {
     arena: *mut f64,
-    update: *mut f64,
-    update_stride: isize,
 }
 
 // SAFETY: the steps that use a `Raw` at the same time touch disjoint entries (see `Step`), and
@@ -306,24 +307,17 @@ impl SplitPlan {
         }
         let first_of_second = roots.len() - second.iter().filter(|&&b| b).count();
         let mut offset = 0;
-        let mut second_offset = 0;
-        for (i, st) in subtrees.iter_mut().enumerate() {
-            if i == first_of_second {
-                second_offset = offset;
-            }
+        for st in subtrees.iter_mut() {
             st.offset = offset;
             offset += st.len();
         }
-        if first_of_second == subtrees.len() {
-            second_offset = offset;
-        }
         let top_offset = offset;
         let t = top.len();
-        // The arena, the second thread's t × t updates and the two products, in doubles: at
-        // most 2m² (InstEval: 1.2 m²; the supernodal factor needs at most m²/2), and at most a
-        // quarter of the memory left, as the model's memory estimate does not count them.
+        // The arena and the two threads' products, in doubles: at most 2m² (InstEval: 0.8 m²;
+        // the supernodal factor needs at most m²/2), and at most a quarter of the memory left,
+        // as the model's memory estimate does not count them.
         let max_r = subtrees.iter().map(|st| st.rows.len()).max().unwrap_or(0) as u128;
-        let workspace = (top_offset + 2 * t * t) as u128 + 2 * max_r * max_r;
+        let workspace = (top_offset + t * t) as u128 + 2 * max_r * max_r;
         let available = crate::model::available_memory_bytes().map_or(u128::MAX, |a| a / 4);
         if workspace > 2 * (m as u128) * (m as u128) || workspace * 8 > available {
             return None;
@@ -360,7 +354,23 @@ impl SplitPlan {
         }
         let max_n = subtrees.iter().map(Subtree::n).max().unwrap_or(0);
         let max_r = subtrees.iter().map(|st| st.rows.len()).max().unwrap_or(0);
-        let steps = Self::steps(t, second_offset, top_offset, dest.len(), first_of_second, subtrees.len());
+        // The subtrees' own work (chol(Sᵢᵢ) and the solve for Wᵢ), costliest first; the
+        // updates' work per top column k: nᵢ(rᵢ − a) for every subtree reaching it as its a-th row.
+        let own = |st: &Subtree| {
+            let (n, r) = (st.n() as f64, st.rows.len() as f64);
+            n * n * n / 3.0 + n * n * r
+        };
+        let mut by_work: Vec<usize> = (0..subtrees.len()).collect();
+        by_work.sort_by(|&a, &b| own(&subtrees[b]).total_cmp(&own(&subtrees[a])).then(a.cmp(&b)));
+        let mut column_work = vec![0.0; t];
+        for st in &subtrees {
+            let r = st.rows.len();
+            for (a, &k) in st.rows.iter().enumerate() {
+                column_work[k] += (st.n() * (r - a)) as f64;
+            }
+        }
+        let column_cuts = equal_work_cuts(&column_work, UPDATE_TASKS);
+        let steps = Self::steps(t, top_offset, dest.len(), &by_work, &column_cuts);
         Some(SplitPlan {
             fwd,
             top,
@@ -374,39 +384,31 @@ impl SplitPlan {
         })
     }
 
-    /// The steps of one factorisation, in phases: zero the blocks; scatter S into them;
-    /// eliminate the two subtree groups (the second into its own buffer); add that buffer to the
-    /// top block; factor the top block by blocks of [`TOP_BLOCK`] columns, each block's
-    /// solve and trailing update cut in two.
-    fn steps(t: usize, second_offset: usize, top_offset: usize, nnz: usize, first_of_second: usize, n_subtrees: usize) -> PhasedTasks<Step> {
-        let two_groups = first_of_second < n_subtrees;
+    /// The steps of one factorisation, in phases: zero the blocks; scatter S into them; factor
+    /// the subtrees (in the order `by_work`); subtract their updates from the top block by the
+    /// column ranges `column_cuts`; factor the top block by blocks of [`TOP_BLOCK`] columns, each
+    /// block's solve and trailing update cut in two.
+    fn steps(t: usize, top_offset: usize, nnz: usize, by_work: &[usize], column_cuts: &[usize]) -> PhasedTasks<Step> {
         let halves = equal_area_cuts(t, 2);
         let mut steps = PhasedTasks::new();
         steps.phase();
-        steps.push(Step::ZeroArena { begin: 0, end: second_offset });
-        if second_offset < top_offset {
-            steps.push(Step::ZeroArena { begin: second_offset, end: top_offset });
-        }
-        for buffer in [false, true] {
-            if buffer && !two_groups {
-                continue;
-            }
-            for w in halves.windows(2) {
-                steps.push(Step::ZeroLower { c0: w[0], c1: w[1], buffer });
-            }
+        steps.push(Step::ZeroArena { begin: 0, end: top_offset / 2 });
+        steps.push(Step::ZeroArena { begin: top_offset / 2, end: top_offset });
+        for w in halves.windows(2) {
+            steps.push(Step::ZeroLower { c0: w[0], c1: w[1] });
         }
         steps.phase();
         steps.push(Step::Scatter { begin: 0, end: nnz / 2 });
         steps.push(Step::Scatter { begin: nnz / 2, end: nnz });
-        steps.phase();
-        if first_of_second > 0 {
-            steps.push(Step::Eliminate { first: 0, last: first_of_second, buffer: false });
-        }
-        if two_groups {
-            steps.push(Step::Eliminate { first: first_of_second, last: n_subtrees, buffer: true });
+        if !by_work.is_empty() {
             steps.phase();
-            for w in halves.windows(2) {
-                steps.push(Step::Merge { c0: w[0], c1: w[1] });
+            for &i in by_work {
+                steps.push(Step::Subtree { i });
+            }
+            steps.phase();
+            // The last columns first: their short columns take the most time per flop.
+            for w in column_cuts.windows(2).rev() {
+                steps.push(Step::Updates { c0: w[0], c1: w[1] });
             }
         }
         let mut k = 0;
@@ -454,7 +456,6 @@ impl SplitPlan {
         };
         SplitWork {
             arena: vec![0.0; self.top_offset + t * t],
-            update: Mat::zeros(t, t),
             scratch: [scratch(), scratch()],
             rhs: Mat::zeros(self.fwd.len(), p1),
             top_rhs: Mat::zeros(t, p1),
@@ -468,15 +469,11 @@ impl SplitPlan {
     /// of a non-positive pivot.
     pub(crate) fn factor(&self, values: &[f64], w: &mut SplitWork, parallel: bool) -> Result<f64, usize> {
         let t = self.top.len();
-        assert!(values.len() == self.dest.len() && w.arena.len() == self.top_offset + t * t && w.update.nrows() == t);
-        let raw = Raw {
-            arena: w.arena.as_mut_ptr(),
-            update: w.update.as_ptr_mut(),
-            update_stride: w.update.col_stride(),
-        };
+        assert!(values.len() == self.dest.len() && w.arena.len() == self.top_offset + t * t);
+        let raw = Raw { arena: w.arena.as_mut_ptr() };
         let [s0, s1] = &mut w.scratch;
-        // SAFETY: `raw` points into `w`'s arena and second buffer, sized as asserted above, which
-        // stay borrowed for the whole run; see `Raw` for the steps' disjointness.
+        // SAFETY: `raw` points into `w`'s arena, sized as asserted above, which stays borrowed
+        // for the whole run; see `Raw` for the steps' disjointness.
         let parts = two_threads::run(&self.steps, parallel, [s0, s1], |step, scratch| unsafe {
             self.run_step(*step, raw, values, scratch)
         })?;
@@ -494,19 +491,15 @@ impl SplitPlan {
         let t = self.top.len();
         let top_ptr = raw.arena.add(self.top_offset);
         // Views of only the entries a step touches: rows r.., columns c0..c1 of the top block
-        // (column stride t) or of the second buffer.
+        // (column stride t).
         let top = |r: usize, c0: usize, c1: usize| MatMut::from_raw_parts_mut(top_ptr.add(r + c0 * t), t - r, c1 - c0, 1, t as isize);
-        let buffer = |r: usize, c0: usize, c1: usize| {
-            MatMut::from_raw_parts_mut(raw.update.offset(r as isize + c0 as isize * raw.update_stride), t - r, c1 - c0, 1, raw.update_stride)
-        };
         match step {
             Step::ZeroArena { begin, end } => {
                 std::slice::from_raw_parts_mut(raw.arena.add(begin), end - begin).fill(0.0);
             }
-            Step::ZeroLower { c0, c1, buffer: into_buffer } => {
+            Step::ZeroLower { c0, c1 } => {
                 for c in c0..c1 {
-                    let mut column = if into_buffer { buffer(c, c, c + 1) } else { top(c, c, c + 1) };
-                    column.fill(0.0);
+                    top(c, c, c + 1).fill(0.0);
                 }
             }
             Step::Scatter { begin, end } => {
@@ -514,21 +507,14 @@ impl SplitPlan {
                     *raw.arena.add(at) = v;
                 }
             }
-            Step::Eliminate { first, last, buffer: into_buffer } => {
-                let subtrees = &self.subtrees[first..last];
-                let begin = subtrees[0].offset;
-                let end = subtrees[subtrees.len() - 1].offset + subtrees[subtrees.len() - 1].len();
-                let arena = std::slice::from_raw_parts_mut(raw.arena.add(begin), end - begin);
-                let target = if into_buffer { buffer(0, 0, t) } else { top(0, 0, t) };
-                return eliminate(subtrees, arena, begin, target, &mut scratch.product, &mut scratch.buffer);
+            Step::Subtree { i } => {
+                let st = &self.subtrees[i];
+                let block = std::slice::from_raw_parts_mut(raw.arena.add(st.offset), st.len());
+                return factor_subtree(st, block, &mut scratch.buffer);
             }
-            Step::Merge { c0, c1 } => {
-                for c in c0..c1 {
-                    let (mut dst, src) = (top(c, c, c + 1), buffer(c, c, c + 1));
-                    for r in 0..t - c {
-                        dst[(r, 0)] += src[(r, 0)]; // the second group's −ΣWᵢᵀWᵢ
-                    }
-                }
+            Step::Updates { c0, c1 } => {
+                let arena = std::slice::from_raw_parts(raw.arena as *const f64, self.top_offset);
+                subtract_updates(&self.subtrees, arena, top(0, c0, c1), c0, c1, &mut scratch.product);
             }
             Step::Diagonal { k, kb } => {
                 let d = top(k, k, k + kb).subrows_mut(0, kb);
@@ -786,55 +772,91 @@ fn top_order(m: usize, in_top: &[bool], supernode_of: &[usize], roots: &[usize],
     top
 }
 
-/// Eliminates `subtrees` (their blocks in `arena`, which starts at arena offset `base`),
-/// subtracting WᵢᵀWᵢ from `target` (the top block or the second thread's buffer); returns
-/// Σ log|Lᵢᵢ|² or a pivot's position.
-fn eliminate(subtrees: &[Subtree], arena: &mut [f64], base: usize, mut target: MatMut<'_, f64>, prod: &mut Mat<f64>, buffer: &mut MemBuffer) -> Result<f64, usize> {
-    let mut logdet = 0.0;
+/// Subtree `st`'s Lᵢᵢ = chol(Sᵢᵢ) and Wᵢ = Lᵢᵢ⁻¹Sᵢ,ᵣ in place in its `block` (Sᵢᵢ, then Sᵢ,ᵣ);
+/// returns log|Lᵢᵢ|² or a pivot's position.
+fn factor_subtree(st: &Subtree, block: &mut [f64], buffer: &mut MemBuffer) -> Result<f64, usize> {
+    let (n, r) = (st.n(), st.rows.len());
+    let (diag, coupling) = block.split_at_mut(n * n);
+    let mut l = MatMut::from_column_major_slice_mut(diag, n, n);
+    cholesky_in_place(l.as_mut(), Default::default(), Par::Seq, MemStack::new(buffer), Default::default())
+        .map_err(|LltError::NonPositivePivot { index }| st.begin + index)?;
+    let logdet = 2.0 * (0..n).map(|k| l[(k, k)].ln()).sum::<f64>();
+    if r > 0 {
+        let wi = MatMut::from_column_major_slice_mut(coupling, n, r);
+        solve_lower_triangular_in_place(l.as_ref(), wi, Par::Seq);
+    }
+    Ok(logdet)
+}
+
+/// Columns c0..c1 of the top block (`target` holds them, rows from 0) less WᵢᵀWᵢ of every
+/// subtree reaching them, in the subtrees' order: for subtree i, the columns b0..b1 of
+/// Vᵢ = WᵢᵀWᵢ whose top columns lie in c0..c1, its lower triangle formed in `prod` and
+/// subtracted a run of consecutive top rows at a time.
+fn subtract_updates(subtrees: &[Subtree], arena: &[f64], mut target: MatMut<'_, f64>, c0: usize, c1: usize, prod: &mut Mat<f64>) {
     for st in subtrees {
         let (n, r) = (st.n(), st.rows.len());
-        let block = &mut arena[st.offset - base..st.offset - base + st.len()];
-        let (diag, coupling) = block.split_at_mut(n * n);
-        let mut l = MatMut::from_column_major_slice_mut(diag, n, n);
-        let stack = MemStack::new(buffer);
-        cholesky_in_place(l.as_mut(), Default::default(), Par::Seq, stack, Default::default())
-            .map_err(|LltError::NonPositivePivot { index }| st.begin + index)?;
-        logdet += 2.0 * (0..n).map(|k| l[(k, k)].ln()).sum::<f64>();
-        if r == 0 {
+        let b0 = st.rows.partition_point(|&k| k < c0);
+        let b1 = st.rows.partition_point(|&k| k < c1);
+        if b0 == b1 {
             continue;
         }
-        let mut wi = MatMut::from_column_major_slice_mut(coupling, n, r);
-        solve_lower_triangular_in_place(l.as_ref(), wi.as_mut(), Par::Seq);
-        let mut v = prod.as_mut().submatrix_mut(0, 0, r, r);
+        let wi = MatRef::from_column_major_slice(&arena[st.offset + n * n..st.offset + st.len()], n, r);
+        // v[a − b0, b − b0] = Vᵢ[a, b] for a in b0..r, b in b0..b1 (a ≥ b).
+        let (w, h) = (b1 - b0, r - b0);
+        let mut v = prod.as_mut().submatrix_mut(0, 0, h, w);
+        let panel = wi.subcols(b0, w);
         triangular::matmul(
-            v.as_mut(),
+            v.as_mut().subrows_mut(0, w),
             BlockStructure::TriangularLower,
             Accum::Replace,
-            wi.as_ref().transpose(),
+            panel.transpose(),
             BlockStructure::Rectangular,
-            wi.as_ref(),
+            panel,
             BlockStructure::Rectangular,
             1.0,
             Par::Seq,
         );
-        // Lower triangle of V into the rows and columns `rows` of the target, a run of
-        // consecutive target rows at a time.
-        for (b, &tb) in st.rows.iter().enumerate() {
-            let src = v.as_ref().col(b).try_as_col_major().unwrap().as_slice();
-            let dst = target.as_mut().col_mut(tb).try_as_col_major_mut().unwrap().as_slice_mut();
+        if b1 < r {
+            matmul(v.as_mut().subrows_mut(w, r - b1), Accum::Replace, wi.subcols(b1, r - b1).transpose(), panel, 1.0, Par::Seq);
+        }
+        for b in b0..b1 {
+            let src = v.as_ref().col(b - b0).try_as_col_major().unwrap().as_slice();
+            let dst = target.as_mut().col_mut(st.rows[b] - c0).try_as_col_major_mut().unwrap().as_slice_mut();
             for &(a0, len) in &st.runs {
                 if a0 + len <= b {
                     continue;
                 }
                 let a = a0.max(b);
                 let ta = st.rows[a];
-                for (d, &x) in dst[ta..ta + (a0 + len - a)].iter_mut().zip(&src[a..a0 + len]) {
+                for (d, &x) in dst[ta..ta + (a0 + len - a)].iter_mut().zip(&src[a - b0..a0 + len - b0]) {
                     *d -= x;
                 }
             }
         }
     }
-    Ok(logdet)
+}
+
+/// Cuts 0 = c₀ < c₁ < … < n of the n columns into at most `parts` ranges of about equal total
+/// `work`.
+fn equal_work_cuts(work: &[f64], parts: usize) -> Vec<usize> {
+    let n = work.len();
+    let total: f64 = work.iter().sum();
+    let mut cuts = vec![0];
+    let (mut c, mut done) = (0usize, 0.0f64);
+    for i in 1..parts {
+        let target = total * i as f64 / parts as f64;
+        while c < n && done + 0.5 * work[c] <= target {
+            done += work[c];
+            c += 1;
+        }
+        if c > *cuts.last().unwrap() && c < n {
+            cuts.push(c);
+        }
+    }
+    if n > 0 {
+        cuts.push(n);
+    }
+    cuts
 }
 
 #[cfg(test)]
@@ -881,6 +903,25 @@ mod tests {
     fn values(s: &Mat<f64>, pattern: &Pattern) -> Vec<f64> {
         let m = s.nrows();
         (0..m).flat_map(|b| pattern.row_idx[pattern.col_ptr[b]..pattern.col_ptr[b + 1]].iter().map(move |&r| s[(r, b)])).collect()
+    }
+
+    #[test]
+    fn equal_work_cuts_cover_the_columns_in_ranges_of_about_equal_work() {
+        assert_eq!(equal_work_cuts(&[], 4), vec![0]);
+        assert_eq!(equal_work_cuts(&[0.0; 5], 4), vec![0, 5]);
+        assert_eq!(equal_work_cuts(&[1.0; 8], 4), vec![0, 2, 4, 6, 8]);
+        // A column heavier than a share is a range of its own; no range is empty.
+        assert_eq!(equal_work_cuts(&[1.0, 10.0, 1.0, 1.0], 3), vec![0, 1, 2, 4]);
+        assert_eq!(equal_work_cuts(&[5.0, 1.0], 4), vec![0, 1, 2]);
+        let mut g = Lcg(3);
+        let work: Vec<f64> = (0..705).map(|_| g.next()).collect();
+        let cuts = equal_work_cuts(&work, 4);
+        let total: f64 = work.iter().sum();
+        assert_eq!((cuts.len(), cuts[0], cuts[4]), (5, 0, 705));
+        for w in cuts.windows(2) {
+            let part: f64 = work[w[0]..w[1]].iter().sum();
+            assert!((part - total / 4.0).abs() <= 1.0, "{cuts:?}: {part} of {total}");
+        }
     }
 
     #[test]

@@ -15,11 +15,12 @@
 //! The subtrees' Lᵢᵢ and Wᵢ are one task each (the costliest first); the updates WᵢᵀWᵢ are then
 //! subtracted by ranges of the top block's columns, each range a task that takes every
 //! subtree's part in the subtrees' order. Then L_top = chol(S_top), dense and right-looking by
-//! blocks of columns, each block's solve and trailing update cut in two. All of it is one list
-//! of steps in phases (zero, scatter S, subtrees, updates, then three phases per block of the
-//! top), which [`crate::two_threads`] runs on one or two threads with the same result to the
-//! bit, as every entry's sums are taken in one order whichever thread takes a task.
-//! log|S| = Σ log|Lᵢᵢ|² + log|L_top|²,
+//! blocks of columns with a look-ahead: while one thread updates the trailing columns with a
+//! block's panel, the other brings the next block's columns up to date and factors its diagonal
+//! block and panel. All of it is one list of steps in phases (zero, scatter S, subtrees,
+//! updates, then one phase per block of the top), which [`crate::two_threads`] runs on one or
+//! two threads with the same result to the bit, as every entry's sums are taken in one order
+//! whichever thread takes a task. log|S| = Σ log|Lᵢᵢ|² + log|L_top|²,
 //! and CᵀS⁻¹C = Σ xᵢᵀxᵢ + x_topᵀx_top for xᵢ = Lᵢᵢ⁻¹Cᵢ, x_top = L_top⁻¹(C_top − Σ Wᵢᵀxᵢ): the
 //! same quantities as the supernodal factor, to rounding. Where the cut costs more than the
 //! supernodal factor is estimated to, none is made ([`SplitPlan::new`] returns `None`).
@@ -116,6 +117,9 @@ enum Step {
     Diagonal { k: usize, kb: usize },
     Solve { k: usize, kb: usize, r0: usize, r1: usize },
     Update { k: usize, kb: usize, c0: usize, c1: usize },
+    /// With next = k + kb: the update of columns next..next + a by the panel of block k, then
+    /// the next block's (next_kb columns) diagonal factor and its panel's solve.
+    LookAhead { k: usize, kb: usize, a: usize, next_kb: usize },
 }
 
 /// What each thread needs for itself: the Cholesky scratch and a product buffer.
@@ -386,8 +390,9 @@ impl SplitPlan {
 
     /// The steps of one factorisation, in phases: zero the blocks; scatter S into them; factor
     /// the subtrees (in the order `by_work`); subtract their updates from the top block by the
-    /// column ranges `column_cuts`; factor the top block by blocks of [`TOP_BLOCK`] columns, each
-    /// block's solve and trailing update cut in two.
+    /// column ranges `column_cuts`; factor the top block by blocks of [`TOP_BLOCK`] columns: the
+    /// first block and its panel, then per block a look-ahead (see [`Step::LookAhead`]) beside
+    /// the update of the columns after it.
     fn steps(t: usize, top_offset: usize, nnz: usize, by_work: &[usize], column_cuts: &[usize]) -> PhasedTasks<Step> {
         let halves = equal_area_cuts(t, 2);
         let mut steps = PhasedTasks::new();
@@ -411,25 +416,32 @@ impl SplitPlan {
                 steps.push(Step::Updates { c0: w[0], c1: w[1] });
             }
         }
-        let mut k = 0;
-        while k < t {
-            let kb = TOP_BLOCK.min(t - k);
+        if t == 0 {
+            return steps;
+        }
+        let (mut k, mut kb) = (0, TOP_BLOCK.min(t));
+        steps.phase();
+        steps.push(Step::Diagonal { k, kb });
+        if kb < t {
             steps.phase();
-            steps.push(Step::Diagonal { k, kb });
-            let rest = t - k - kb;
-            if rest > 0 {
-                steps.phase();
-                let mid = k + kb + rest / 2;
-                steps.push(Step::Solve { k, kb, r0: k + kb, r1: mid });
-                if mid < t {
-                    steps.push(Step::Solve { k, kb, r0: mid, r1: t });
-                }
-                steps.phase();
-                for w in equal_area_cuts(rest, 2).windows(2) {
-                    steps.push(Step::Update { k, kb, c0: k + kb + w[0], c1: k + kb + w[1] });
-                }
+            let mid = kb + (t - kb) / 2;
+            steps.push(Step::Solve { k, kb, r0: kb, r1: mid });
+            if mid < t {
+                steps.push(Step::Solve { k, kb, r0: mid, r1: t });
             }
-            k += kb;
+        }
+        // One phase per further block, with a look-ahead: one task brings the next block's
+        // columns (and a few more) up to date and factors its diagonal block and panel, while
+        // the other updates the trailing columns.
+        while k + kb < t {
+            let (next, next_kb) = (k + kb, TOP_BLOCK.min(t - k - kb));
+            let a = look_ahead_columns(t, kb, next, next_kb);
+            steps.phase();
+            steps.push(Step::LookAhead { k, kb, a, next_kb });
+            if next + a < t {
+                steps.push(Step::Update { k, kb, c0: next + a, c1: t });
+            }
+            (k, kb) = (next, next_kb);
         }
         steps
     }
@@ -526,6 +538,14 @@ impl SplitPlan {
                 let l = MatRef::from_raw_parts(top_ptr.add(k + k * t) as *const f64, kb, kb, 1, t as isize);
                 let b = MatMut::from_raw_parts_mut(top_ptr.add(r0 + k * t), r1 - r0, kb, 1, t as isize);
                 solve_lower_triangular_in_place(l, b.transpose_mut(), Par::Seq);
+            }
+            Step::LookAhead { k, kb, a, next_kb } => {
+                let next = k + kb;
+                self.run_step(Step::Update { k, kb, c0: next, c1: next + a }, raw, values, scratch)?;
+                self.run_step(Step::Diagonal { k: next, kb: next_kb }, raw, values, scratch)?;
+                if next + next_kb < t {
+                    self.run_step(Step::Solve { k: next, kb: next_kb, r0: next + next_kb, r1: t }, raw, values, scratch)?;
+                }
             }
             Step::Update { k, kb, c0, c1 } => {
                 // Columns c0..c1, rows c0..t: A −= P[c0..t] P[c0..c1]ᵀ for the panel P.
@@ -836,6 +856,37 @@ fn subtract_updates(subtrees: &[Subtree], arena: &[f64], mut target: MatMut<'_, 
     }
 }
 
+/// Relative time per multiply-add of the next block's Cholesky factor and panel solve, and of
+/// the updates of a diagonal triangle, against an update's rectangle below the diagonal
+/// (fitted to the tasks' times on InstEval's 705-column top block, two threads).
+const LOOK_AHEAD_OWN_WEIGHT: f64 = 3.0;
+const LOOK_AHEAD_TRIANGLE_WEIGHT: f64 = 1.5;
+
+/// The columns a (at least `next_kb`) a look-ahead task updates from column `next` of a t × t
+/// top block with a panel of `kb` columns, so that it and the trailing update of the columns
+/// after take about equal time (see [`LOOK_AHEAD_OWN_WEIGHT`]); near the end of the block,
+/// where the next block's own work outweighs the trailing update, a = `next_kb`.
+fn look_ahead_columns(t: usize, kb: usize, next: usize, next_kb: usize) -> usize {
+    let (wo, wt) = (LOOK_AHEAD_OWN_WEIGHT, LOOK_AHEAD_TRIANGLE_WEIGHT);
+    let kbf = kb as f64;
+    // columns next..next+a: triangle a²/2 and rectangle (t − next − a)·a; the rest a triangle.
+    let x_of = |a: usize| {
+        let (af, rf) = (a as f64, (t - next - a) as f64);
+        kbf * (wt * af * af / 2.0 + rf * af)
+    };
+    let y_of = |a: usize| {
+        let rf = (t - next - a) as f64;
+        kbf * wt * rf * rf / 2.0
+    };
+    let (nb, below) = (next_kb as f64, (t - next - next_kb) as f64);
+    let own = wo * (nb * nb * nb / 3.0 + below * nb * nb / 2.0);
+    let mut a = next_kb;
+    while next + a < t && x_of(a) + own < y_of(a) {
+        a += 1;
+    }
+    a
+}
+
 /// Cuts 0 = c₀ < c₁ < … < n of the n columns into at most `parts` ranges of about equal total
 /// `work`.
 fn equal_work_cuts(work: &[f64], parts: usize) -> Vec<usize> {
@@ -921,6 +972,28 @@ mod tests {
         for w in cuts.windows(2) {
             let part: f64 = work[w[0]..w[1]].iter().sum();
             assert!((part - total / 4.0).abs() <= 1.0, "{cuts:?}: {part} of {total}");
+        }
+    }
+
+    #[test]
+    fn a_look_ahead_takes_the_next_block_and_at_most_the_columns_left() {
+        for t in [97, 200, 705, 1500] {
+            let mut k = 0;
+            let mut kb = TOP_BLOCK.min(t);
+            let mut taken = Vec::new();
+            while k + kb < t {
+                let (next, next_kb) = (k + kb, TOP_BLOCK.min(t - k - kb));
+                let a = look_ahead_columns(t, kb, next, next_kb);
+                assert!(a >= next_kb && next + a <= t, "t {t}, next {next}: a {a}");
+                taken.push(a);
+                (k, kb) = (next, next_kb);
+            }
+            // Early blocks leave a large trailing update: the look-ahead takes more than the
+            // next block to balance it; the last ones take just the next block.
+            if t >= 705 {
+                assert!(taken[0] > TOP_BLOCK, "t {t}: {taken:?}");
+            }
+            assert_eq!(*taken.last().unwrap(), t - (t - 1) / TOP_BLOCK * TOP_BLOCK, "t {t}: {taken:?}");
         }
     }
 

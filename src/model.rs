@@ -1297,11 +1297,27 @@ impl Model {
             }
             let scale = &self.rest_scale;
             let sparse_rest = if sparse_rest { self.sparse.as_mut() } else { None };
+            let (rows, level) = (&mut self.l32_rows, &mut self.level_work);
+            let mix: RestMix<'_> = (&self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
+            let mut c_formed = false;
             if let Some(sp) = sparse_rest {
-                let l21_vals = &l.l21_vals;
-                sp.fill(scale, self.parallel_schur, SCHUR_PANEL, |k, panel| {
-                    schur_panel(a, l21_vals, scale, lam1, q1, false, k, panel)
-                });
+                // C = L₃₂ᵀ before the solve (independent of S) is formed as one more task of
+                // S's run, taken by whichever thread is free.
+                let (l21_vals, l31t, l32t) = (&l.l21_vals, &l.l31t, &mut l.l32t);
+                let (rows, level) = (&mut **rows, &mut **level);
+                let c_job = std::sync::Mutex::new(Some(move || form_c(a, l21_vals, l31t, l32t, mix, q1, p1, rows, level)));
+                sp.fill(
+                    scale,
+                    self.parallel_schur,
+                    SCHUR_PANEL,
+                    |k, panel| schur_panel(a, l21_vals, scale, lam1, q1, false, k, panel),
+                    || {
+                        if let Some(mut job) = c_job.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                            job();
+                        }
+                    },
+                );
+                c_formed = c_job.into_inner().unwrap_or_else(|e| e.into_inner()).is_none();
                 sp.factor(self.parallel_schur).map_err(|pivot| CoreError::NotPositiveDefinite {
                     block: "random-effects".into(),
                     pivot,
@@ -1334,17 +1350,8 @@ impl Model {
             }
 
             // L₃₂ᵀ = L₂₂⁻¹ (Λ_restᵀ A₃₂ᵀ − Σⱼ L₂₁ⱼ L₃₁ⱼᵀ).
-            l.l32t.as_mut().copy_from(a.a32t.as_ref());
-            for t in 0..p1 {
-                let col = l.l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
-                mix_rest_vector(col, &self.rest_rows, &self.rest_offsets, &self.lambdas, &self.terms);
-            }
-            let (rows, level) = (&mut self.l32_rows, &mut self.level_work);
-            match q1 {
-                1 => subtract_l21_l31t::<1>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 1, p1, rows, level),
-                2 => subtract_l21_l31t::<2>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 2, p1, rows, level),
-                3 => subtract_l21_l31t::<3>(a, &l.l21_vals, &l.l31t, &mut l.l32t, 3, p1, rows, level),
-                _ => subtract_l21_l31t::<0>(a, &l.l21_vals, &l.l31t, &mut l.l32t, q1, p1, rows, level),
+            if !c_formed {
+                form_c(a, &l.l21_vals, &l.l31t, &mut l.l32t, mix, q1, p1, rows, level);
             }
             if rest_logdet.is_none() {
                 solve_lower_triangular_in_place(l.l22.as_ref(), l.l32t.as_mut(), self.par);
@@ -2077,6 +2084,25 @@ fn scalar_rest_l21<const Q: usize>(a: &Crossprod, lam1: &[f64], q: usize, l11: &
             }
             apply_lambda_t_then_solve(d, lam1, lj, q, &mut v);
         }
+    }
+}
+
+/// The rest terms' (rows, offsets, λ's, terms), for [`mix_rest_vector`].
+type RestMix<'a> = (&'a [RestRow], &'a [usize], &'a [Vec<f64>], &'a [Term]);
+
+/// C = Λ_restᵀA₃₂ᵀ − Σⱼ L₂₁ⱼ L₃₁ⱼᵀ into `l32t` (L₃₂ᵀ before the solve with L₂₂).
+#[allow(clippy::too_many_arguments)]
+fn form_c(a: &Crossprod, l21_vals: &[f64], l31t: &Mat<f64>, l32t: &mut Mat<f64>, mix: RestMix<'_>, q1: usize, p1: usize, rows: &mut [f64], level: &mut [f64]) {
+    l32t.as_mut().copy_from(a.a32t.as_ref());
+    for t in 0..p1 {
+        let col = l32t.as_mut().col_mut(t).try_as_col_major_mut().unwrap().as_slice_mut();
+        mix_rest_vector(col, mix.0, mix.1, mix.2, mix.3);
+    }
+    match q1 {
+        1 => subtract_l21_l31t::<1>(a, l21_vals, l31t, l32t, 1, p1, rows, level),
+        2 => subtract_l21_l31t::<2>(a, l21_vals, l31t, l32t, 2, p1, rows, level),
+        3 => subtract_l21_l31t::<3>(a, l21_vals, l31t, l32t, 3, p1, rows, level),
+        _ => subtract_l21_l31t::<0>(a, l21_vals, l31t, l32t, q1, p1, rows, level),
     }
 }
 

@@ -36,10 +36,11 @@ use crate::two_threads::{self, PhasedTasks};
 struct Values(*mut f64);
 
 /// A task of [`SparseRest::fill`]: zero a part of the cut factor's arena (see
-/// [`SplitPlan::zero_part`]), or form panel k of S.
+/// [`SplitPlan::zero_part`]), the caller's `extra` work, or form panel k of S.
 #[derive(Debug, Clone, Copy)]
 enum FillTask {
     Zero(usize),
+    Extra,
     Panel(usize),
 }
 
@@ -278,8 +279,10 @@ impl SparseRest {
     /// the first ones, and a split into two runs of equal storage kept one thread waiting a
     /// third of the time); each panel's values are the same whichever thread computes them.
     /// With the cut factor (`sparse_split`) the entries go straight into its arena, zeroed by
-    /// the first phase of the same run, and no separate pass scatters them there.
-    pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, width: usize, panel: impl Fn(usize, MatMut<'_, f64>) + Sync) {
+    /// the first phase of the same run, and no separate pass scatters them there. `extra` is
+    /// one more task of the panels' phase, the first claimed (work of the caller's that does
+    /// not touch S, run beside the panels).
+    pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, width: usize, panel: impl Fn(usize, MatMut<'_, f64>) + Sync, extra: impl Fn() + Sync) {
         let sh = &*self.shared;
         let m = self.work.nrows();
         let n_panels = m.div_ceil(width);
@@ -296,6 +299,7 @@ impl SparseRest {
                 }
                 tasks.phase();
             }
+            tasks.push(FillTask::Extra);
             for k in (0..n_panels).rev() {
                 tasks.push(FillTask::Panel(k));
             }
@@ -314,6 +318,10 @@ impl SparseRest {
                     // SAFETY: the zero parts are disjoint and run before every panel (a phase
                     // of their own); the arena is borrowed mutably for the whole run.
                     unsafe { sh.split.as_ref().unwrap().zero_part(values.at(0), part) };
+                    return Ok(0.0);
+                }
+                FillTask::Extra => {
+                    extra();
                     return Ok(0.0);
                 }
                 FillTask::Panel(k) => k,

@@ -29,17 +29,15 @@ use faer::sparse::linalg::SupernodalThreshold;
 use faer::sparse::{SparseColMatRef, SymbolicSparseColMatRef};
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par, Side, Spec};
 
-use crate::sparse_split::{SplitPlan, SplitWork, ZERO_PARTS};
+use crate::sparse_split::{SplitPlan, SplitWork};
 use crate::two_threads::{self, PhasedTasks};
 
 /// S's values, written by panels on two threads (see [`SparseRest::fill`]).
 struct Values(*mut f64);
 
-/// A task of [`SparseRest::fill`]: zero a part of the cut factor's arena (see
-/// [`SplitPlan::zero_part`]), the caller's `extra` work, or form panel k of S.
+/// A task of [`SparseRest::fill`]: the caller's `extra` work, or form panel k of S.
 #[derive(Debug, Clone, Copy)]
 enum FillTask {
-    Zero(usize),
     Extra,
     Panel(usize),
 }
@@ -255,8 +253,7 @@ impl SparseRest {
         let m = shared.symbolic.nrows();
         let split_work = shared.split.as_ref().map(|plan| plan.work(p1));
         SparseRest {
-            // The cut factor takes S straight into its arena (see `fill`).
-            values: if split_work.is_some() { Vec::new() } else { vec![0.0; shared.pattern.nnz()] },
+            values: vec![0.0; shared.pattern.nnz()],
             l_values: if split_work.is_some() { Vec::new() } else { vec![0.0; shared.symbolic.len_val()] },
             work: Mat::zeros(m, 0),
             work2: Mat::zeros(m, 0),
@@ -278,10 +275,8 @@ impl SparseRest {
     /// last panel first (the later columns of InstEval's S take up to four times the updates of
     /// the first ones, and a split into two runs of equal storage kept one thread waiting a
     /// third of the time); each panel's values are the same whichever thread computes them.
-    /// With the cut factor (`sparse_split`) the entries go straight into its arena, zeroed by
-    /// the first phase of the same run, and no separate pass scatters them there. `extra` is
-    /// one more task of the panels' phase, the first claimed (work of the caller's that does
-    /// not touch S, run beside the panels).
+    /// `extra` is one more task, the first claimed (work of the caller's that does not touch
+    /// S, run beside the panels).
     pub(crate) fn fill(&mut self, scale: &[f64], parallel: bool, width: usize, panel: impl Fn(usize, MatMut<'_, f64>) + Sync, extra: impl Fn() + Sync) {
         let sh = &*self.shared;
         let m = self.work.nrows();
@@ -290,41 +285,20 @@ impl SparseRest {
             self.work = Mat::zeros(m, width);
             self.work2 = Mat::zeros(m, width);
         }
-        let split = sh.split.as_ref().zip(self.split_work.as_mut());
         if self.fill_tasks.as_ref().is_none_or(|(w, _)| *w != width) {
             let mut tasks = PhasedTasks::new();
-            if split.is_some() {
-                for part in 0..ZERO_PARTS {
-                    tasks.push(FillTask::Zero(part));
-                }
-                tasks.phase();
-            }
             tasks.push(FillTask::Extra);
             for k in (0..n_panels).rev() {
                 tasks.push(FillTask::Panel(k));
             }
             self.fill_tasks = Some((width, tasks));
         }
-        // With the cut factor, S's entries go straight to their places in its arena (zeroed
-        // first); otherwise into `values`.
-        let (values, offsets) = match split {
-            Some((plan, work)) => (Values(work.arena_ptr()), Some(plan.arena_offsets())),
-            None => (Values(self.values.as_mut_ptr()), None),
-        };
+        let values = Values(self.values.as_mut_ptr());
         let tasks = &self.fill_tasks.as_ref().unwrap().1;
         let run = |&task: &FillTask, work: &mut Mat<f64>| {
-            let k = match task {
-                FillTask::Zero(part) => {
-                    // SAFETY: the zero parts are disjoint and run before every panel (a phase
-                    // of their own); the arena is borrowed mutably for the whole run.
-                    unsafe { sh.split.as_ref().unwrap().zero_part(values.at(0), part) };
-                    return Ok(0.0);
-                }
-                FillTask::Extra => {
-                    extra();
-                    return Ok(0.0);
-                }
-                FillTask::Panel(k) => k,
+            let FillTask::Panel(k) = task else {
+                extra();
+                return Ok(0.0);
             };
             let b0 = k * width;
             let cols = width.min(m - b0);
@@ -340,31 +314,15 @@ impl SparseRest {
             }
             panel(k, w.as_mut());
             let (begin, end) = (sh.pattern.col_ptr[b0], sh.pattern.col_ptr[b0 + cols]);
-            match offsets {
-                Some(offsets) => {
-                    for c in 0..cols {
-                        let b = b0 + c;
-                        let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
-                        let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
-                        for (&at, &r) in offsets[s..e].iter().zip(&sh.pattern.row_idx[s..e]) {
-                            // SAFETY: the entries of S have distinct arena offsets within the
-                            // arena, and panel k alone writes its columns' entries.
-                            unsafe { *values.at(at) = std::mem::take(&mut col[r]) };
-                        }
-                    }
-                }
-                None => {
-                    // SAFETY: panel k alone writes S's values begin..end (its columns'
-                    // entries), and `self.values` is borrowed mutably for the whole run.
-                    let out = unsafe { std::slice::from_raw_parts_mut(values.at(begin), end - begin) };
-                    for c in 0..cols {
-                        let b = b0 + c;
-                        let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
-                        let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
-                        for (v, &r) in out[s - begin..e - begin].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
-                            *v = std::mem::take(&mut col[r]);
-                        }
-                    }
+            // SAFETY: panel k alone writes S's values begin..end (its columns' entries), and
+            // `self.values` is borrowed mutably for the whole run.
+            let out = unsafe { std::slice::from_raw_parts_mut(values.at(begin), end - begin) };
+            for c in 0..cols {
+                let b = b0 + c;
+                let col = w.as_mut().col_mut(c).try_as_col_major_mut().unwrap().as_slice_mut();
+                let (s, e) = (sh.pattern.col_ptr[b], sh.pattern.col_ptr[b + 1]);
+                for (v, &r) in out[s - begin..e - begin].iter_mut().zip(&sh.pattern.row_idx[s..e]) {
+                    *v = std::mem::take(&mut col[r]);
                 }
             }
             Ok(0.0)
@@ -378,7 +336,7 @@ impl SparseRest {
     pub(crate) fn factor(&mut self, parallel: bool) -> Result<(), usize> {
         let shared = &*self.shared;
         if let (Some(plan), Some(work)) = (&shared.split, self.split_work.as_mut()) {
-            self.logdet = plan.factor_loaded(work, parallel)?;
+            self.logdet = plan.factor(&self.values, work, parallel)?;
             return Ok(());
         }
         let m = self.work.nrows();

@@ -84,13 +84,9 @@ pub(crate) struct SplitPlan {
     max_r: usize,
     /// Subtrees first_of_second.. are the second group of [`SplitPlan::subtract_quadratic_form`].
     first_of_second: usize,
-    /// One factorisation as phases of steps for one or two threads (see [`Step`]), once the
-    /// arena holds S (see [`SplitPlan::factor_loaded`]).
+    /// One factorisation as phases of steps for one or two threads (see [`Step`]).
     steps: PhasedTasks<Step>,
 }
-
-/// Parts [`SplitPlan::zero_part`] cuts the zeroing of the arena into.
-pub(crate) const ZERO_PARTS: usize = 4;
 
 /// Columns of a block step of the top block's Cholesky factorisation. Measured on a 705-column
 /// block on the development machine (two threads, medians of 200): 64 columns 1.27–1.39 ms,
@@ -105,6 +101,12 @@ const UPDATE_TASKS: usize = 4;
 /// of the arena, and read only what earlier phases wrote.
 #[derive(Debug, Clone, Copy)]
 enum Step {
+    /// Zero arena entries begin..end (subtrees' blocks).
+    ZeroArena { begin: usize, end: usize },
+    /// Zero the lower triangle of columns c0..c1 of the top block.
+    ZeroLower { c0: usize, c1: usize },
+    /// Write the pattern's entries begin..end of S into the arena.
+    Scatter { begin: usize, end: usize },
     /// Subtree i's Lᵢᵢ = chol(Sᵢᵢ) and Wᵢ = Lᵢᵢ⁻¹Sᵢ,ᵣ, in its own block of the arena.
     Subtree { i: usize },
     /// Columns c0..c1 of the top block less every subtree's WᵢᵀWᵢ there, subtree by subtree.
@@ -139,13 +141,6 @@ pub(crate) struct SplitWork {
     /// The second subtree group's −ΣWᵢᵀxᵢ (t × p₁) and −Σxᵢᵀxᵢ (p₁ × p₁).
     top_rhs_second: Mat<f64>,
     form_second: Mat<f64>,
-}
-
-impl SplitWork {
-    /// The arena, for writing S into it ([`SplitPlan::arena_offsets`]).
-    pub(crate) fn arena_ptr(&mut self) -> *mut f64 {
-        self.arena.as_mut_ptr()
-    }
 }
 
 /// A raw view of a [`SplitWork`]'s arena for the steps of one factorisation.
@@ -379,7 +374,7 @@ impl SplitPlan {
             }
         }
         let column_cuts = equal_work_cuts(&column_work, UPDATE_TASKS);
-        let steps = Self::steps(t, &by_work, &column_cuts);
+        let steps = Self::steps(t, top_offset, dest.len(), &by_work, &column_cuts);
         Some(SplitPlan {
             fwd,
             top,
@@ -393,13 +388,23 @@ impl SplitPlan {
         })
     }
 
-    /// The steps of one factorisation of the loaded arena, in phases: factor
+    /// The steps of one factorisation, in phases: zero the blocks; scatter S into them; factor
     /// the subtrees (in the order `by_work`); subtract their updates from the top block by the
     /// column ranges `column_cuts`; factor the top block by blocks of [`TOP_BLOCK`] columns: the
     /// first block and its panel, then per block a look-ahead (see [`Step::LookAhead`]) beside
     /// the update of the columns after it.
-    fn steps(t: usize, by_work: &[usize], column_cuts: &[usize]) -> PhasedTasks<Step> {
+    fn steps(t: usize, top_offset: usize, nnz: usize, by_work: &[usize], column_cuts: &[usize]) -> PhasedTasks<Step> {
+        let halves = equal_area_cuts(t, 2);
         let mut steps = PhasedTasks::new();
+        steps.phase();
+        steps.push(Step::ZeroArena { begin: 0, end: top_offset / 2 });
+        steps.push(Step::ZeroArena { begin: top_offset / 2, end: top_offset });
+        for w in halves.windows(2) {
+            steps.push(Step::ZeroLower { c0: w[0], c1: w[1] });
+        }
+        steps.phase();
+        steps.push(Step::Scatter { begin: 0, end: nnz / 2 });
+        steps.push(Step::Scatter { begin: nnz / 2, end: nnz });
         if !by_work.is_empty() {
             steps.phase();
             for &i in by_work {
@@ -474,62 +479,18 @@ impl SplitPlan {
     /// Factors S, given by its pattern's `values`, on one thread or, with `parallel`, on two
     /// (the same bits either way); returns log|S|, or the position (in the fill-reducing order)
     /// of a non-positive pivot.
-    #[cfg(test)]
     pub(crate) fn factor(&self, values: &[f64], w: &mut SplitWork, parallel: bool) -> Result<f64, usize> {
-        assert!(values.len() == self.dest.len() && w.arena.len() == self.top_offset + self.top.len().pow(2));
-        for part in 0..ZERO_PARTS {
-            // SAFETY: `w`'s arena, borrowed mutably here.
-            unsafe { self.zero_part(w.arena.as_mut_ptr(), part) };
-        }
-        for (&at, &v) in self.dest.iter().zip(values) {
-            w.arena[at] = v;
-        }
-        self.factor_loaded(w, parallel)
-    }
-
-    /// [`factor`](Self::factor) of the S already in `w`'s arena: every entry of
-    /// [`arena_offsets`](Self::arena_offsets) written after the [`ZERO_PARTS`] parts of
-    /// [`zero_part`](Self::zero_part) (as `SparseRest::fill` does).
-    pub(crate) fn factor_loaded(&self, w: &mut SplitWork, parallel: bool) -> Result<f64, usize> {
         let t = self.top.len();
-        assert!(w.arena.len() == self.top_offset + t * t);
+        assert!(values.len() == self.dest.len() && w.arena.len() == self.top_offset + t * t);
         let raw = Raw { arena: w.arena.as_mut_ptr() };
         let [s0, s1] = &mut w.scratch;
         // SAFETY: `raw` points into `w`'s arena, sized as asserted above, which stays borrowed
         // for the whole run; see `Raw` for the steps' disjointness.
         let parts = two_threads::run(&self.steps, parallel, [s0, s1], |step, scratch| unsafe {
-            self.run_step(*step, raw, scratch)
+            self.run_step(*step, raw, values, scratch)
         })?;
         let top = MatRef::from_column_major_slice(&w.arena[self.top_offset..], t, t);
         Ok(parts.iter().sum::<f64>() + 2.0 * (0..t).map(|k| top[(k, k)].ln()).sum::<f64>())
-    }
-
-    /// The arena offset of each entry of S's pattern (lower triangle, by column): where
-    /// [`factor_loaded`](Self::factor_loaded) expects it.
-    pub(crate) fn arena_offsets(&self) -> &[usize] {
-        &self.dest
-    }
-
-    /// Zeroes part `part` (of [`ZERO_PARTS`]) of the arena at `arena` (a [`SplitWork`]'s of this
-    /// plan): the first or second half of the subtrees' blocks, or of the top block's lower
-    /// triangle (by columns of equal area). The parts are disjoint.
-    ///
-    /// # Safety
-    /// `arena` must point at the arena of a [`SplitWork`] of this plan, with no other access to
-    /// the part meanwhile.
-    pub(crate) unsafe fn zero_part(&self, arena: *mut f64, part: usize) {
-        let (t, half) = (self.top.len(), self.top_offset / 2);
-        match part {
-            0 => std::slice::from_raw_parts_mut(arena, half).fill(0.0),
-            1 => std::slice::from_raw_parts_mut(arena.add(half), self.top_offset - half).fill(0.0),
-            _ => {
-                let cuts = equal_area_cuts(t, 2);
-                let (c0, c1) = if part == 2 { (0, cuts[1]) } else { (cuts[1], t) };
-                for c in c0..c1 {
-                    std::slice::from_raw_parts_mut(arena.add(self.top_offset + c * t + c), t - c).fill(0.0);
-                }
-            }
-        }
     }
 
     /// One step of [`factor`](Self::factor); returns Σ log|Lᵢᵢ|² of eliminated subtrees (zero
@@ -538,13 +499,26 @@ impl SplitPlan {
     /// # Safety
     /// `raw` must point into a [`SplitWork`] of this plan, and no other step may be touching the
     /// entries this one touches (the phases of `self.steps` see to that).
-    unsafe fn run_step(&self, step: Step, raw: Raw, scratch: &mut ThreadScratch) -> Result<f64, usize> {
+    unsafe fn run_step(&self, step: Step, raw: Raw, values: &[f64], scratch: &mut ThreadScratch) -> Result<f64, usize> {
         let t = self.top.len();
         let top_ptr = raw.arena.add(self.top_offset);
         // Views of only the entries a step touches: rows r.., columns c0..c1 of the top block
         // (column stride t).
         let top = |r: usize, c0: usize, c1: usize| MatMut::from_raw_parts_mut(top_ptr.add(r + c0 * t), t - r, c1 - c0, 1, t as isize);
         match step {
+            Step::ZeroArena { begin, end } => {
+                std::slice::from_raw_parts_mut(raw.arena.add(begin), end - begin).fill(0.0);
+            }
+            Step::ZeroLower { c0, c1 } => {
+                for c in c0..c1 {
+                    top(c, c, c + 1).fill(0.0);
+                }
+            }
+            Step::Scatter { begin, end } => {
+                for (&at, &v) in self.dest[begin..end].iter().zip(&values[begin..end]) {
+                    *raw.arena.add(at) = v;
+                }
+            }
             Step::Subtree { i } => {
                 let st = &self.subtrees[i];
                 let block = std::slice::from_raw_parts_mut(raw.arena.add(st.offset), st.len());
@@ -567,10 +541,10 @@ impl SplitPlan {
             }
             Step::LookAhead { k, kb, a, next_kb } => {
                 let next = k + kb;
-                self.run_step(Step::Update { k, kb, c0: next, c1: next + a }, raw, scratch)?;
-                self.run_step(Step::Diagonal { k: next, kb: next_kb }, raw, scratch)?;
+                self.run_step(Step::Update { k, kb, c0: next, c1: next + a }, raw, values, scratch)?;
+                self.run_step(Step::Diagonal { k: next, kb: next_kb }, raw, values, scratch)?;
                 if next + next_kb < t {
-                    self.run_step(Step::Solve { k: next, kb: next_kb, r0: next + next_kb, r1: t }, raw, scratch)?;
+                    self.run_step(Step::Solve { k: next, kb: next_kb, r0: next + next_kb, r1: t }, raw, values, scratch)?;
                 }
             }
             Step::Update { k, kb, c0, c1 } => {

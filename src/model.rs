@@ -1303,8 +1303,9 @@ impl Model {
             if let Some(sp) = sparse_rest {
                 // C = L₃₂ᵀ before the solve (independent of S) is formed as one more task of
                 // S's run on two threads, taken by whichever thread is free. On one thread it
-                // waits for the factor: formed between the arena's zeroing and the panels, the
-                // scattered updates of C ran at half speed (InstEval REML: 2.1 against 1.2 ms).
+                // waits for the factor: formed inside the fill's run there, the scattered updates
+                // of C ran at half speed (InstEval REML: 2.1 against 1.2 ms, measured while the
+                // fill also wrote S into the cut's arena).
                 let beside = self.parallel_schur && rayon::current_num_threads() >= 2;
                 let (l21_vals, l31t, l32t) = (&l.l21_vals, &l.l31t, &mut l.l32t);
                 let (rows, level) = (&mut **rows, &mut **level);

@@ -143,7 +143,7 @@ def test_term_spec_rebuilds_z_on_new_data() -> None:
     np.testing.assert_array_equal(rebuilt[list(term.columns)].to_numpy(float), term.z[[2, 3]])
 
 
-NUMERIC_FORMULAS = [
+DIRECT_FORMULAS = [
     "y ~ x",
     "y ~ 0 + x",
     "y ~ x - 1",
@@ -156,27 +156,51 @@ NUMERIC_FORMULAS = [
     "y ~ z + (0 + x | subject) + (1 | site)",
     "y ~ 1 + (x || subject)",
     "y ~ x + (z + `x two` | subject)",
+    "y ~ x:z + x",
+    "y ~ condition",
+    "y ~ condition * text",
+    "y ~ text * condition + x",
+    "y ~ x * condition",
+    "y ~ condition:x + x + condition",
+    "y ~ x * z * condition",
+    "y ~ condition * text * coded + x",
+    "y ~ numbered + ranked + words",
+    "y ~ x + (1 + condition | subject)",
+    "y ~ x + (condition | subject) + (x * text | site)",
+    "y ~ condition + (1 | condition:text)",
 ]
 
 
 def numeric_frame() -> pd.DataFrame:
-    """make_frame with more numeric dtypes: int64, uint8, float32, a name with a space."""
+    """make_frame with more numeric dtypes (int64, uint8, float32, a name with a space) and
+    categorical ones: pandas text, object text, and pandas categoricals with integer, float and
+    ordered text categories, one of them unused."""
     frame = make_frame(3)
+    n = len(frame)
     return frame.assign(
         **{
             "x two": frame["x"] ** 2,
-            "small": (np.arange(len(frame)) % 7).astype(np.uint8),
+            "small": (np.arange(n) % 7).astype(np.uint8),
             "single": frame["z"].astype(np.float32),
+            "text": pd.Series(np.tile(["q", "p", "r", "s"], n // 4), dtype="str"),
+            "coded": pd.Series(np.tile(["b", "a"], n // 2), dtype=object),
+            "numbered": pd.Categorical(np.arange(n) % 5 * 10, categories=[40, 30, 20, 10, 0, 7]),
+            "ranked": pd.Categorical(
+                np.tile(["lo", "hi", "mid"], n // 3), categories=["lo", "mid", "hi"], ordered=True
+            ),
+            "words": pd.Categorical(np.arange(n) % 3 * 0.5),
         }
     )
 
 
-@pytest.mark.parametrize("formula", NUMERIC_FORMULAS)
-def test_numeric_terms_build_what_formulaic_builds(
+# formulaic's deprecated re-coding of a categorical whose categories differ from the spec's.
+@pytest.mark.filterwarnings("ignore:Constructing a Categorical with a dtype")
+@pytest.mark.parametrize("formula", DIRECT_FORMULAS)
+def test_direct_terms_build_what_formulaic_builds(
     formula: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Intercepts and numeric columns skip formulaic's materializer; the arrays, names and
-    # specs must be those formulaic gives, bit for bit.
+    # Intercepts, numeric and categorical columns, and their products, skip formulaic's
+    # materializer; the arrays, names and specs must be those formulaic gives, bit for bit.
     from interlace import design as design_module
 
     frame = numeric_frame()
@@ -185,7 +209,7 @@ def test_numeric_terms_build_what_formulaic_builds(
     fast = build_design_from(formula, frame, groups=groups)
     assert isinstance(fast._fixed_spec, design_module._LazySpec)
     assert all(isinstance(term._spec, design_module._LazySpec) for term in fast.terms)
-    monkeypatch.setattr(design_module, "_numeric_terms", lambda part, frame: None)
+    monkeypatch.setattr(design_module, "_direct_terms", lambda part, frame, factors: None)
     slow = build_design_from(formula, frame, groups=groups)
     assert not isinstance(slow._fixed_spec, design_module._LazySpec)
     assert fast.fixed_names == slow.fixed_names
@@ -206,14 +230,35 @@ def test_numeric_terms_build_what_formulaic_builds(
     )
 
 
+@pytest.mark.parametrize("formula", ["y ~ text", "y ~ 0 + text", "y ~ x + (0 + text | subject)"])
+def test_a_pandas_string_column_is_a_text_factor(formula: str) -> None:
+    # formulaic takes pandas' "string" dtype (missing value pd.NA) for numbers; it must be coded
+    # as the default text dtype is, on the fast path and on formulaic's.
+    frame = numeric_frame()
+    strings = frame.assign(text=frame["text"].astype("string"))
+    strings.loc[5, "text"] = pd.NA
+    frame.loc[5, "text"] = np.nan
+    groups = None if "|" in formula else "subject"
+    ours = build_design_from(formula, strings, groups=groups)
+    theirs = build_design_from(formula, frame, groups=groups)
+    assert ours.nobs == theirs.nobs == len(frame) - 1
+    assert ours.fixed_names == theirs.fixed_names
+    np.testing.assert_array_equal(ours.x, theirs.x)
+    for mine, other in zip(ours.terms, theirs.terms, strict=True):
+        assert mine.columns == other.columns
+        np.testing.assert_array_equal(mine.z, other.z)
+
+
 @pytest.mark.parametrize(
     "formula",
     [
         "y ~ flag",  # a boolean column is a factor to formulaic
         "y ~ counts",  # a nullable integer column is an extension type
-        "y ~ x:z",
         "y ~ np.log(z)",
-        "y ~ condition",
+        "y ~ 0 + condition",  # coded by all its levels
+        "y ~ condition:x",  # likewise, as x is not a term
+        "y ~ mixed",  # objects of several types
+        "y ~ lone",  # a single level
         "np.log(z) ~ x",
         "y ~ 1 + (np.log(z) | subject)",
     ],
@@ -222,7 +267,10 @@ def test_terms_that_need_formulaic_are_left_to_it(formula: str) -> None:
     from interlace import design as design_module
 
     frame = make_frame().assign(
-        flag=lambda f: f["x"] > 0, counts=lambda f: pd.array(f["site"], dtype="Int64")
+        flag=lambda f: f["x"] > 0,
+        counts=lambda f: pd.array(f["site"], dtype="Int64"),
+        mixed=lambda f: pd.Series(["a", 1] * (len(f) // 2), dtype=object),
+        lone="only",
     )
     design = build_design_from(formula, frame, groups=None if "|" in formula else "subject")
     lazy = [isinstance(design._fixed_spec, design_module._LazySpec)] + [

@@ -1,7 +1,7 @@
 """Turn a parsed mixed-model formula and a data frame into validated arrays for the core.
 
 This is the model-frame stage of lme4's ``lFormula``: select the columns the model uses, drop
-incomplete rows (``na.omit``), build the fixed-effects matrix X with formulaic, drop aliased
+incomplete rows (``na.omit``), build the fixed-effects matrix X as formulaic would, drop aliased
 columns of X, and build one block per random-effects term — its model matrix Z, the integer
 codes of its grouping factor and the level labels. Every array leaves here float64 (Z and X in
 column-major order) or int32, finite and contiguous, so the compiled core can trust its inputs.
@@ -14,6 +14,7 @@ import ast
 import builtins
 import difflib
 import functools
+import itertools
 import math
 import re
 import threading
@@ -161,7 +162,8 @@ class Design:
 class _LazySpec:
     """A formulaic ModelSpec made on first use from a formula and the model frame.
 
-    Numeric-only formulas are built without formulaic (see :func:`_numeric_terms`); the spec
+    Formulas of numeric and categorical columns are built without formulaic (see
+    :func:`_direct_terms`); the spec
     is needed only to rebuild the matrix on new data (``predict``), so it is made then, from
     the same frame, and is the spec formulaic would have returned with the matrix.
     """
@@ -255,7 +257,8 @@ def build_design(parsed: ParsedFormula, data: object, weights: object = None) ->
     # formulaic aligns on the index; a fresh RangeIndex avoids trouble with duplicate labels.
     model_frame = frame.reset_index(drop=True)
 
-    y, x_full, full_names, fixed_spec = _fixed_part(parsed, model_frame)
+    factors: FactorCache = {}
+    y, x_full, full_names, fixed_spec = _fixed_part(parsed, model_frame, factors)
     aliased, residual = _aliased_columns_and_residual(x_full, y)
     kept = sorted(set(range(x_full.shape[1])) - set(aliased))
     # x_full is a fresh float64 Fortran array unless it is a view (one column of a frame).
@@ -269,9 +272,9 @@ def build_design(parsed: ParsedFormula, data: object, weights: object = None) ->
     terms: list[ReTerm] = []
     for spec in parsed.random_terms:
         if spec.factors not in groupings:
-            groupings[spec.factors] = _grouping_factor(model_frame, spec)
+            groupings[spec.factors] = _grouping_factor(model_frame, spec, factors)
         levels, codes = groupings[spec.factors]
-        terms.extend(_random_terms(spec, model_frame, levels, codes))
+        terms.extend(_random_terms(spec, model_frame, levels, codes, factors))
     for term in terms:
         _check_identifiable(term, nobs)
     # lme4 orders terms by number of levels, largest first; Python's sort is stable.
@@ -511,7 +514,8 @@ def _expression_names(expression: str) -> tuple[list[str], set[str]]:
 
 
 def _complete_rows(data: pd.DataFrame, used_columns: list[str]) -> tuple[pd.DataFrame, int]:
-    """The used columns of the complete rows (lme4's na.omit), unused categories removed."""
+    """The used columns of the complete rows (lme4's na.omit), unused categories removed,
+    pandas "string" columns as objects."""
     if len(data) == 0:
         raise DataError("data has no rows")
     # Selecting columns costs a DataFrame's overhead (0.3 ms); skip it when all are used.
@@ -540,6 +544,10 @@ def _complete_rows(data: pd.DataFrame, used_columns: list[str]) -> tuple[pd.Data
             codes = series.cat.codes.to_numpy()
             if np.count_nonzero(np.bincount(codes, minlength=n_categories)) < n_categories:
                 frame.isetitem(j, series.cat.remove_unused_categories())
+        elif isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA:
+            # formulaic takes pandas' "string" columns (missing value pd.NA) for numbers and
+            # fails on them; as objects they are the text factors they are.
+            frame.isetitem(j, frame.iloc[:, j].astype(object))
     return frame, n_dropped
 
 
@@ -577,7 +585,7 @@ def _check_no_infinite_values(frame: pd.DataFrame) -> None:
 
 
 def _fixed_part(
-    parsed: ParsedFormula, model_frame: pd.DataFrame
+    parsed: ParsedFormula, model_frame: pd.DataFrame, factors: FactorCache
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], ModelSpec | _LazySpec]:
     """Evaluate the fixed formula: the response vector, the full X, its names and its spec."""
     try:
@@ -587,19 +595,14 @@ def _fixed_part(
             f"fixed-effects formula '{parsed.fixed}' could not be evaluated: "
             f"{_formulaic_message(error)}"
         ) from error
-    response = _numeric_terms(formula.lhs, model_frame) if hasattr(formula, "lhs") else None
-    columns = _numeric_terms(formula.rhs, model_frame) if response is not None else None
-    if (
-        response is not None
-        and columns is not None
-        and response[0] is not None
-        and len(response) == 1
-    ):
-        # Only the intercept and numeric columns by name: the matrix formulaic would build,
-        # without its materializer (most of a small model's fit time).
-        y = model_frame[response[0]].to_numpy(dtype=np.float64, copy=True)
-        x = _numeric_matrix(columns, model_frame)
-        names = tuple("Intercept" if column is None else column for column in columns)
+    response = _direct_terms(formula.lhs, model_frame, {}) if hasattr(formula, "lhs") else None
+    terms = _direct_terms(formula.rhs, model_frame, factors) if response is not None else None
+    if response is not None and terms is not None and len(response) == 1 and len(response[0]) == 1:
+        # The matrix formulaic would build, without its materializer (most of a small model's
+        # fit time, and 15 of InstEval's `service * dept` 20 ms).
+        y = model_frame[response[0][0]].to_numpy(dtype=np.float64, copy=True)
+        x = _direct_matrix(terms, model_frame, factors)
+        names = tuple(_direct_names(terms, factors))
         _check_finite_columns(x, names, "fixed-effects column")
         return y, x, names, _LazySpec(parsed.fixed, model_frame, "rhs")
     try:
@@ -639,32 +642,141 @@ def _fixed_part(
     return y, x, tuple(str(name) for name in spec.column_names), spec
 
 
-def _numeric_terms(part: Iterable[Term], frame: pd.DataFrame) -> list[str | None] | None:
-    """A formula part's terms as frame columns (None for the intercept), when each term is the
-    intercept or a numeric column by name, as formulaic orders them; None when any term needs
-    formulaic: a factor, a transform, an interaction, a boolean or extension-typed column."""
-    columns: list[str | None] = []
+# A direct term is a tuple of frame columns, () for the intercept; a factor level's columns
+# are coded as formulaic codes them (see :func:`_direct_terms`).
+DirectTerm = tuple[str, ...]
+# Levels and codes of the categorical columns a design has factorized, by column name.
+FactorCache = dict[str, tuple[pd.Index, np.ndarray]]
+
+
+def _direct_terms(
+    part: Iterable[Term], frame: pd.DataFrame, factors: FactorCache
+) -> list[DirectTerm] | None:
+    """A formula part's terms as tuples of frame columns, when the matrix formulaic would
+    build can be built without its materializer; None when any term needs formulaic.
+
+    Each factor of each term must be a column by name that is numeric (a numpy int, uint or
+    float column) or categorical (text, or pandas categorical) with at least two levels. A
+    categorical factor is then coded as formulaic codes it when each of its term's sub-terms
+    (the term without any non-empty subset of its categorical factors; the intercept when
+    nothing is left) comes before it: by treatment contrasts against the first level, the
+    term's columns being the products of its factors' columns, the first factor varying
+    fastest. ``y ~ a * b`` and ``y ~ x * a`` qualify; ``y ~ a:b`` and ``y ~ 0 + a`` do not
+    (formulaic then codes a factor by all its levels). Categorical columns are factorized
+    into ``factors`` on the way.
+    """
+    terms: list[DirectTerm] = []
     for term in part:
-        if len(term.factors) != 1:
-            return None
-        factor = term.factors[0]
-        if factor.eval_method is Factor.EvalMethod.LITERAL and factor.expr == "1":
-            columns.append(None)
+        columns: list[str] = []
+        for factor in term.factors:
+            if factor.eval_method is Factor.EvalMethod.LITERAL and factor.expr == "1":
+                if len(term.factors) != 1:
+                    return None
+                continue
+            if factor.eval_method is not Factor.EvalMethod.LOOKUP:
+                return None
+            name = factor.expr
+            if name not in frame.columns or name in columns:
+                return None
+            dtype = frame[name].dtype
+            if isinstance(dtype, np.dtype) and dtype.kind in "iuf":
+                columns.append(name)
+                continue
+            if name not in factors:
+                categorical = _categorical_levels_and_codes(frame[name], name)
+                if categorical is None:
+                    return None
+                factors[name] = categorical
+            if len(factors[name][0]) < 2:
+                return None
+            columns.append(name)
+        terms.append(tuple(columns))
+    earlier: set[frozenset[str]] = set()
+    for term in terms:
+        categorical = [name for name in term if name in factors]
+        numeric = frozenset(term) - frozenset(categorical)
+        for size in range(len(categorical)):
+            for subset in itertools.combinations(categorical, size):
+                if numeric | frozenset(subset) not in earlier:
+                    return None
+        earlier.add(frozenset(term))
+    return terms or None
+
+
+def _categorical_levels_and_codes(
+    series: pd.Series, name: str
+) -> tuple[pd.Index, np.ndarray] | None:
+    """Levels (formulaic's order) and codes of a text or pandas categorical column; None for
+    any other column, or a column of objects that are not all text."""
+    dtype = series.dtype
+    text = isinstance(dtype, np.dtype) and dtype.kind == "O"
+    if not (text or isinstance(dtype, (pd.StringDtype, pd.CategoricalDtype))):
+        return None
+    try:
+        levels, codes = _factor_levels_and_codes(series, name)
+    except DataError:
+        return None
+    if text and levels.inferred_type != "string":
+        return None
+    return levels, codes
+
+
+def _direct_names(terms: list[DirectTerm], factors: FactorCache) -> list[str]:
+    """formulaic's column names of :func:`_direct_terms`' terms."""
+    names: list[str] = []
+    for term in terms:
+        if not term:
+            names.append("Intercept")
             continue
-        if factor.eval_method is not Factor.EvalMethod.LOOKUP or factor.expr not in frame.columns:
-            return None
-        dtype = frame[factor.expr].dtype
-        if not isinstance(dtype, np.dtype) or dtype.kind not in "iuf":
-            return None
-        columns.append(factor.expr)
-    return columns or None
+        per_factor = [
+            [f"{name}[T.{level}]" for level in factors[name][0][1:]] if name in factors else [name]
+            for name in term
+        ]
+        # The first factor varies fastest.
+        for combination in itertools.product(*reversed(per_factor)):
+            names.append(":".join(reversed(combination)))
+    return names
 
 
-def _numeric_matrix(columns: list[str | None], frame: pd.DataFrame) -> np.ndarray:
-    """The float64, column-major matrix of :func:`_numeric_terms`' columns (None: ones)."""
-    matrix = np.empty((len(frame), len(columns)), dtype=np.float64, order="F")
-    for j, column in enumerate(columns):
-        matrix[:, j] = 1.0 if column is None else frame[column].to_numpy(dtype=np.float64)
+def _direct_matrix(
+    terms: list[DirectTerm], frame: pd.DataFrame, factors: FactorCache
+) -> np.ndarray:
+    """The float64, column-major matrix of :func:`_direct_terms`' terms: ones for the
+    intercept, a numeric column's values, and for a term with categorical factors one
+    column per combination of their levels after the first, holding the product of the
+    term's numeric columns (or 1) on the rows at that combination and 0 elsewhere."""
+    n_rows = len(frame)
+    widths = [
+        math.prod(len(factors[name][0]) - 1 for name in term if name in factors) for term in terms
+    ]
+    matrix = np.zeros((n_rows, sum(widths)), dtype=np.float64, order="F")
+    flat = matrix.reshape(-1, order="F")  # a view: the matrix is column-major
+    at = 0
+    for term, width in zip(terms, widths, strict=True):
+        values: np.ndarray | float = 1.0
+        for name in term:
+            if name not in factors:
+                column = frame[name].to_numpy(dtype=np.float64)
+                values = column if isinstance(values, float) else values * column
+        categorical = [factors[name] for name in term if name in factors]
+        if not categorical:
+            matrix[:, at] = values
+        else:
+            # Each row's column within the term (first factor fastest), or -1 on a row where
+            # some factor is at its first level.
+            offset = np.zeros(n_rows, dtype=np.int64)
+            stride = 1
+            for levels, codes in categorical:
+                offset += (codes.astype(np.int64) - 1) * stride
+                stride *= len(levels) - 1
+            rows = np.ones(n_rows, dtype=bool)
+            for _, codes in categorical:
+                rows &= codes > 0
+            rows = np.flatnonzero(rows)
+            flat[(at + offset[rows]) * n_rows + rows] = (
+                values if isinstance(values, float) else values[rows]
+            )
+        at += width
     return matrix
 
 
@@ -824,7 +936,11 @@ def _aliased_columns(x: np.ndarray, tolerance: float = ALIASING_TOLERANCE) -> li
 
 
 def _random_terms(
-    spec: RandomTermSpec, model_frame: pd.DataFrame, levels: pd.Index, codes: np.ndarray
+    spec: RandomTermSpec,
+    model_frame: pd.DataFrame,
+    levels: pd.Index,
+    codes: np.ndarray,
+    factors: FactorCache,
 ) -> list[ReTerm]:
     """Build the term's Z; a ``||`` term becomes one scalar term per column of Z."""
     try:
@@ -834,11 +950,11 @@ def _random_terms(
             f"random-effects term '{spec.label}' could not be evaluated: "
             f"{_formulaic_message(error)}"
         ) from error
-    numeric = None if hasattr(formula, "lhs") else _numeric_terms(formula, model_frame)
+    direct = None if hasattr(formula, "lhs") else _direct_terms(formula, model_frame, factors)
     model_spec: ModelSpec | _LazySpec
-    if numeric is not None:
-        z = _numeric_matrix(numeric, model_frame)
-        columns = tuple("Intercept" if column is None else column for column in numeric)
+    if direct is not None:
+        z = _direct_matrix(direct, model_frame, factors)
+        columns = tuple(_direct_names(direct, factors))
         model_spec = _LazySpec(spec.lhs, model_frame, None)
     else:
         try:
@@ -889,10 +1005,14 @@ def _random_terms(
 
 
 def _grouping_factor(
-    model_frame: pd.DataFrame, spec: RandomTermSpec
+    model_frame: pd.DataFrame, spec: RandomTermSpec, factors: FactorCache
 ) -> tuple[pd.Index, np.ndarray]:
-    """Levels and int32 codes of a grouping factor or of the interaction of several."""
-    per_factor = [_factor_levels_and_codes(model_frame[name], name) for name in spec.factors]
+    """Levels and int32 codes of a grouping factor or of the interaction of several
+    (``factors``: those already factorized, by column)."""
+    per_factor = [
+        factors[name] if name in factors else _factor_levels_and_codes(model_frame[name], name)
+        for name in spec.factors
+    ]
     if len(per_factor) == 1:
         levels, codes = per_factor[0]
     else:

@@ -121,8 +121,9 @@ pub fn fit_interruptible(
     // for instance, only θ₂² + θ₃² matters), and BOBYQA may stop on that flat valley while a
     // better optimum exists elsewhere; rounding differences (row order, scaling) decide which
     // it finds. A singular first optimum therefore gets a few more starts: the optimum with
-    // its zero diagonals lifted to 0.5, and, when λ has off-diagonal entries, lme4's start
-    // with every off-diagonal at +0.5 and at −0.5. The best point wins.
+    // its zero diagonals lifted to 0.5, the same with the entries below each zero diagonal
+    // negated, and, when λ has off-diagonal entries, lme4's start with every off-diagonal at
+    // +0.5 and at −0.5. The best point wins.
     let singular = theta.iter().zip(&lower).any(|(&t, &lb)| lb == 0.0 && t < SINGULAR_THRESHOLD);
     if singular && outcome.found_finite() && outcome.status != Status::MaxFunReached {
         let lifted: Vec<f64> = theta
@@ -130,7 +131,22 @@ pub fn fit_interruptible(
             .zip(&lower)
             .map(|(&t, &lb)| if lb == 0.0 { t.max(0.5) } else { t })
             .collect();
+        // At a zero diagonal the objective depends on the entries below it only through their
+        // norm, so their signs (the correlations the column would have) were left to chance;
+        // the lifted start with them negated tries the other signs.
+        let mut flipped = lifted.clone();
+        let mut negate = false;
+        for (i, &lb) in lower.iter().enumerate() {
+            if lb == 0.0 {
+                negate = theta[i] < SINGULAR_THRESHOLD;
+            } else if negate {
+                flipped[i] = -flipped[i];
+            }
+        }
         let mut starts = vec![lifted];
+        if flipped != starts[0] {
+            starts.push(flipped);
+        }
         if lower.iter().any(|&lb| lb != 0.0) {
             for off in [0.5, -0.5] {
                 starts.push(lower.iter().map(|&lb| if lb == 0.0 { 1.0 } else { off }).collect());

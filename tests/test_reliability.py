@@ -190,3 +190,19 @@ def test_regression_flat_valley_at_zero_intercept_variance_depends_on_scale() ->
         res = quiet_fit("y ~ x + (x | a)", data.assign(y=data["y"] * scale))
         criterion = -2 * res.llf - 2 * dof * np.log(scale)
         assert criterion == pytest.approx(132.24967880528902, abs=1e-6)
+
+
+def test_regression_flat_valley_sign_of_the_correlation() -> None:
+    # Found by the scaling property: for y, every start (lme4's, the lifted optimum, the ±0.5
+    # off-diagonals) ended at a zero intercept variance with a negative θ₂ (REML 149.55415),
+    # where 10⁻¹²·y reached the better optimum with a small intercept variance and a positive
+    # θ₂ (149.53974; lme4 1.1-31: 149.5397419447, θ = 0.0320, 0.2674, 0.0001). At a zero
+    # diagonal only the norm of the entries below it matters, so the lifted start with those
+    # entries negated now tries the other sign.
+    data = small_crossed(seed=1320516, n_a=3, n_b=5, n=40, slope=True)
+    dof = len(data) - 2
+    for scale in (1.0, 1e-12, 1e6):
+        res = quiet_fit("y ~ x + (x | a)", data.assign(y=data["y"] * scale))
+        criterion = -2 * res.llf - 2 * dof * np.log(scale)
+        assert criterion == pytest.approx(149.5397419397, abs=1e-6)
+        np.testing.assert_allclose(res.theta[:2], [0.03204, 0.26734], atol=2e-4)

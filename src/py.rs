@@ -57,6 +57,55 @@ fn run_core<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, CoreError> + 
     outcome.map_err(|e| to_pyerr(py, e))
 }
 
+/// Rows per task of [`copy_column_major`].
+const COPY_ROWS: usize = 1 << 15;
+
+/// The n × p column-major `flat` as a faer matrix, copied on the pool's threads into memory that
+/// is not zeroed first, and that the kernel is asked to back with huge pages where it is large
+/// (as numpy asks for its own arrays): InstEval's `service * dept` X is 17 MB, and zeroing it,
+/// faulting it in 4 KiB pages and copying it on one thread took several milliseconds before the
+/// GIL was released. The caller holds the GIL throughout and no Python code runs until the copy
+/// returns, so nothing can write to the numpy buffer meanwhile; the pool's threads never touch
+/// Python.
+fn copy_column_major(flat: &[f64], n: usize, p: usize) -> Mat<f64> {
+    use rayon::prelude::*;
+    let mut xm = Mat::<f64>::with_capacity(n, p);
+    let stride = xm.col_stride() as usize;
+    let base = xm.as_ptr_mut() as usize;
+    #[cfg(target_os = "linux")]
+    if stride * p * std::mem::size_of::<f64>() >= HUGE_PAGE_MIN_BYTES {
+        // Advice only: a refusal leaves ordinary pages.
+        let page = 4096;
+        let start = base & !(page - 1);
+        let end = base + stride * p * std::mem::size_of::<f64>();
+        // SAFETY: [start, end) lies within pages of the allocation just made (its first page
+        // rounded down); madvise(MADV_HUGEPAGE) changes no contents.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+    let chunks = n.div_ceil(COPY_ROWS).max(1);
+    (0..p * chunks).into_par_iter().for_each(|task| {
+        let (j, chunk) = (task / chunks, task % chunks);
+        let rows = chunk * COPY_ROWS..((chunk + 1) * COPY_ROWS).min(n);
+        let source = &flat[j * n + rows.start..j * n + rows.end];
+        // SAFETY: the capacity holds p columns of `stride` ≥ n elements; tasks write disjoint
+        // ranges of rows of one column each.
+        unsafe {
+            std::ptr::copy_nonoverlapping(source.as_ptr(), (base as *mut f64).add(j * stride + rows.start), source.len());
+        }
+    });
+    // SAFETY: every element of the n × p matrix was written above.
+    unsafe {
+        xm.set_dims(n, p);
+    }
+    xm
+}
+
+/// numpy's threshold for asking for huge pages (4 MiB).
+#[cfg(target_os = "linux")]
+const HUGE_PAGE_MIN_BYTES: usize = 1 << 22;
+
 /// A linear mixed model ready to be evaluated at any θ (see `_core.pyi`).
 #[pyclass(module = "interlace._core", name = "Model")]
 struct PyModel {
@@ -95,14 +144,15 @@ impl PyModel {
         let xa = x.as_array();
         let (n, p) = (xa.nrows(), xa.ncols());
         let xm = match x.as_slice() {
-            // Fortran order (what `_core_model` passes): one copy per column.
-            Ok(flat) if xa.t().is_standard_layout() => {
-                let mut xm = Mat::<f64>::zeros(n, p);
-                for j in 0..p {
-                    xm.as_mut().col_mut(j).try_as_col_major_mut().unwrap().as_slice_mut().copy_from_slice(&flat[j * n..(j + 1) * n]);
-                }
-                xm
-            }
+            // Fortran order (what `_core_model` passes).
+            Ok(flat) if xa.t().is_standard_layout() => catch_unwind(|| copy_column_major(flat, n, p)).map_err(|_| {
+                to_pyerr(
+                    py,
+                    CoreError::Internal {
+                        reason: "copying the fixed-effects model matrix failed".into(),
+                    },
+                )
+            })?,
             _ => Mat::<f64>::from_fn(n, p, |i, j| xa[[i, j]]),
         };
         let mut raw_terms = Vec::with_capacity(codes.len());

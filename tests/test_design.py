@@ -595,6 +595,32 @@ def test_the_gram_shortcut_certifies_only_clear_cases_and_the_qr_decides_the_res
     assert _full_rank_residual_from_gram(x[:, :3], x[:, :3] @ [1.0, 2.0, 3.0], 1.0) is None
 
 
+@pytest.mark.parametrize(
+    ("formula", "from_cells"),
+    [
+        ("y ~ condition * text", True),
+        ("y ~ text + coded", True),
+        ("y ~ text + coded + ranked", False),  # 24 cells for 72 rows
+        ("y ~ 0 + x + condition", False),  # left to formulaic
+        ("y ~ x * condition", False),  # a numeric column
+    ],
+)
+def test_cross_products_from_cells_equal_those_of_x(formula: str, from_cells: bool) -> None:
+    # With categorical factors only, X's rows repeat per cell (combination of levels), and
+    # XᵀX, Xᵀy come from the rows per cell; they must equal the products of X.
+    from interlace import design as design_module
+
+    frame = numeric_frame().reset_index(drop=True)
+    parsed = parse_formula(formula, groups="subject")
+    factors: dict = {}
+    y, x, _, _, cross = design_module._fixed_part(parsed, frame, factors)
+    assert (cross is not None) == from_cells
+    if from_cells:
+        gram, xty = cross
+        np.testing.assert_array_equal(gram, x.T @ x)  # counts: exact integers
+        np.testing.assert_allclose(xty, x.T @ y, rtol=1e-13, atol=1e-12)
+
+
 def test_response_fitted_exactly_after_an_aliased_column_is_refused() -> None:
     frame = make_frame()
     frame["x2"] = 2.0 * frame["x"]

@@ -139,7 +139,10 @@ impl PyModel {
         }
         // Copy everything out of numpy memory before releasing the GIL: no Rust view into a
         // numpy buffer outlives this call.
-        let y: Vec<f64> = y.as_array().iter().copied().collect();
+        let y: Vec<f64> = match y.as_slice() {
+            Ok(flat) => flat.to_vec(),
+            Err(_) => y.as_array().iter().copied().collect(),
+        };
         let weights: Option<Vec<f64>> = weights.map(|w| w.as_array().iter().copied().collect());
         let xa = x.as_array();
         let (n, p) = (xa.nrows(), xa.ncols());
@@ -169,13 +172,23 @@ impl PyModel {
                 ));
             }
             let q = za.ncols();
-            let mut zr = Vec::with_capacity(za.len());
-            for i in 0..za.nrows() {
-                for j in 0..q {
-                    zr.push(za[[i, j]]);
+            // Row-major, as the core keeps it: a C-ordered (or single-column) z in one copy.
+            let zr: Vec<f64> = match zk.as_slice() {
+                Ok(flat) if za.is_standard_layout() => flat.to_vec(),
+                _ => {
+                    let mut zr = Vec::with_capacity(za.len());
+                    for i in 0..za.nrows() {
+                        for j in 0..q {
+                            zr.push(za[[i, j]]);
+                        }
+                    }
+                    zr
                 }
-            }
-            let cv: Vec<i32> = c.as_array().iter().copied().collect();
+            };
+            let cv: Vec<i32> = match c.as_slice() {
+                Ok(flat) => flat.to_vec(),
+                Err(_) => c.as_array().iter().copied().collect(),
+            };
             raw_terms.push((cv, zr, q));
         }
         let inner = run_core(py, move || {

@@ -85,7 +85,7 @@ fn copy_column_major(flat: &[f64], n: usize, p: usize) -> Mat<f64> {
         }
     }
     let chunks = n.div_ceil(COPY_ROWS).max(1);
-    (0..p * chunks).into_par_iter().for_each(|task| {
+    let copy = |task: usize| {
         let (j, chunk) = (task / chunks, task % chunks);
         let rows = chunk * COPY_ROWS..((chunk + 1) * COPY_ROWS).min(n);
         let source = &flat[j * n + rows.start..j * n + rows.end];
@@ -94,13 +94,21 @@ fn copy_column_major(flat: &[f64], n: usize, p: usize) -> Mat<f64> {
         unsafe {
             std::ptr::copy_nonoverlapping(source.as_ptr(), (base as *mut f64).add(j * stride + rows.start), source.len());
         }
-    });
+    };
+    if n * p * std::mem::size_of::<f64>() >= PARALLEL_COPY_MIN_BYTES {
+        (0..p * chunks).into_par_iter().for_each(copy);
+    } else {
+        (0..p * chunks).for_each(copy);
+    }
     // SAFETY: every element of the n × p matrix was written above.
     unsafe {
         xm.set_dims(n, p);
     }
     xm
 }
+
+/// Below this size X is copied on the calling thread: waking the pool costs more than the copy.
+const PARALLEL_COPY_MIN_BYTES: usize = 1 << 22;
 
 /// numpy's threshold for asking for huge pages (4 MiB).
 #[cfg(target_os = "linux")]

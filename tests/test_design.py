@@ -359,11 +359,12 @@ def test_interaction_grouping_has_only_combinations_present() -> None:
     assert term.codes.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_three_factor_interaction_levels_in_lexicographic_order() -> None:
+@pytest.mark.parametrize("n", [30, 400])
+def test_three_factor_interaction_levels_in_lexicographic_order(n: int) -> None:
     # Levels are the combinations present, ordered as the rows of their level codes sort
-    # (first factor slowest), which is what R's a:b:c gives.
+    # (first factor slowest), which is what R's a:b:c gives. 42 possible combinations: with
+    # 400 rows they are counted, with 30 the rows' keys are sorted.
     rng = np.random.default_rng(3)
-    n = 400
     frame = pd.DataFrame(
         {
             "y": rng.standard_normal(n),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from interlace import _core
+from interlace._threads import single_threaded_blas
 from interlace.design import Design, build_design
 from interlace.exceptions import DataError, InputTypeError, InterlaceError, RankDeficiencyWarning
 from interlace.formula import parse_formula
@@ -44,6 +45,8 @@ def _check_residual_variation(design: Design, sigma: float) -> None:
     within every level of a grouping factor), so the likelihood grows without bound as σ → 0
     and there is no estimate to report. lme4 returns one silently; refuse it."""
     y = np.asarray(design.y, dtype=float)
+    if y.size == 0 or sigma > 1e-5 * float(np.max(np.abs(y))):
+        return  # the spread below is at most max|y|; its reductions cost more than this one
     spread = float(np.std(y)) or float(np.sqrt(np.mean(y * y)))
     # The optimiser stops on its way to σ = 0 once θ is large: σ̂/sd(y) is then about 1e-6,
     # where real data, even with a residual variance 1e-8 of the total, sit above 1e-4.
@@ -122,29 +125,31 @@ def fit(
     >>> sorted(res.random_effects)
     ['item', 'subject']
     """
-    method_name = _method_name(method)
-    if not isinstance(formula, str):
-        raise InputTypeError(f"formula must be a string, not {type(formula).__name__}")
-    parsed = parse_formula(formula, groups=groups, random=random)
-    design = build_design(parsed, data, weights=weights)
-    for name in design.dropped_fixed:
-        warnings.warn(
-            f"fixed-effect model matrix is rank deficient: column {name!r} is aliased with "
-            "earlier columns and was dropped",
-            RankDeficiencyWarning,
-            stacklevel=2,
-        )
-    model = _core_model(design, reml=_METHODS[method_name])
-    theta0 = None if start is None else np.asarray(start, dtype=np.float64)
-    if theta0 is not None and theta0.shape != (model.n_theta,):
-        raise InterlaceError(
-            f"start has {theta0.size} values; this model has {model.n_theta} covariance parameters"
-        )
-    # The modes' conditional covariances are formed when first read (LmmResult), as lme4's
-    # ranef(condVar = TRUE) forms them: on InstEval they cost a dense L₂₂ and its inverse.
-    core = model.fit(theta0, max_evals=int(max_evals), conditional_covariances=False)
-    _check_residual_variation(design, float(core["sigma"]))
-    result = LmmResult.from_core(design, core, method_name)
-    for category, message in fit_warnings(result):
-        warnings.warn(message, category, stacklevel=2)
-    return result
+    with single_threaded_blas():
+        method_name = _method_name(method)
+        if not isinstance(formula, str):
+            raise InputTypeError(f"formula must be a string, not {type(formula).__name__}")
+        parsed = parse_formula(formula, groups=groups, random=random)
+        design = build_design(parsed, data, weights=weights)
+        for name in design.dropped_fixed:
+            warnings.warn(
+                f"fixed-effect model matrix is rank deficient: column {name!r} is aliased with "
+                "earlier columns and was dropped",
+                RankDeficiencyWarning,
+                stacklevel=2,
+            )
+        model = _core_model(design, reml=_METHODS[method_name])
+        theta0 = None if start is None else np.asarray(start, dtype=np.float64)
+        if theta0 is not None and theta0.shape != (model.n_theta,):
+            raise InterlaceError(
+                f"start has {theta0.size} values; this model has {model.n_theta} covariance "
+                "parameters"
+            )
+        # The modes' conditional covariances are formed when first read (LmmResult), as lme4's
+        # ranef(condVar = TRUE) forms them: on InstEval they cost a dense L₂₂ and its inverse.
+        core = model.fit(theta0, max_evals=int(max_evals), conditional_covariances=False)
+        _check_residual_variation(design, float(core["sigma"]))
+        result = LmmResult.from_core(design, core, method_name)
+        for category, message in fit_warnings(result):
+            warnings.warn(message, category, stacklevel=2)
+        return result

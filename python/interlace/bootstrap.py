@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from interlace import _core
+from interlace._threads import single_threaded_blas
 from interlace.design import WEIGHTS_COLUMN
 from interlace.exceptions import DataError, InputTypeError, InterlaceError
 
@@ -104,15 +105,16 @@ def simulate(
     >>> res.simulate(nsim=3, seed=1).shape == (res.nobs, 3)
     True
     """
-    nsim = _count(nsim, "nsim")
-    values = _core.simulate_responses(
-        _model(result),
-        np.ascontiguousarray(result.theta, dtype=np.float64),
-        nsim,
-        _seed(seed),
-        conditional=not bool(include_re),
-    )
-    return np.ascontiguousarray(values.T)
+    with single_threaded_blas():
+        nsim = _count(nsim, "nsim")
+        values = _core.simulate_responses(
+            _model(result),
+            np.ascontiguousarray(result.theta, dtype=np.float64),
+            nsim,
+            _seed(seed),
+            conditional=not bool(include_re),
+        )
+        return np.ascontiguousarray(values.T)
 
 
 def _parameter_names(result: LmmResult) -> list[str]:
@@ -296,59 +298,60 @@ def bootstrap(
     >>> boot.parameters.shape == (20, len(res.confint()))
     True
     """
-    n = _count(n, "n")
-    seed_used = _seed(seed)
-    callback, bar = _progress_reporter(progress, n)
-    try:
-        core = _core.parametric_bootstrap(
-            _model(result),
-            np.ascontiguousarray(result.theta, dtype=np.float64),
-            n,
-            seed_used,
-            n_jobs=_n_jobs(n_jobs),
-            progress=callback,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    with single_threaded_blas():
+        n = _count(n, "n")
+        seed_used = _seed(seed)
+        callback, bar = _progress_reporter(progress, n)
+        try:
+            core = _core.parametric_bootstrap(
+                _model(result),
+                np.ascontiguousarray(result.theta, dtype=np.float64),
+                n,
+                seed_used,
+                n_jobs=_n_jobs(n_jobs),
+                progress=callback,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
 
-    def frozen(values: Any, dtype: Any = float) -> np.ndarray:
-        out = np.array(values, dtype=dtype)
-        out.flags.writeable = False
-        return out
+        def frozen(values: Any, dtype: Any = float) -> np.ndarray:
+            out = np.array(values, dtype=dtype)
+            out.flags.writeable = False
+            return out
 
-    theta, beta, sigma = frozen(core["theta"]), frozen(core["beta"]), frozen(core["sigma"])
-    names = _parameter_names(result)
-    parameters = pd.DataFrame(_parameter_rows(result, theta, beta, sigma), columns=names)
-    estimates = pd.Series(
-        _parameter_rows(
-            result,
-            np.asarray(result.theta, dtype=float)[None, :],
-            np.asarray(result.fe_params, dtype=float)[None, :],
-            np.array([result.sigma]),
-        )[0],
-        index=names,
-    )
-    statistics = parameters if statistic is None else parameters.apply(statistic, axis=1)
-    errors = tuple(core["errors"])
-    failed = sum(error is not None for error in errors)
-    if failed:
-        warnings.warn(
-            f"{failed} of {n} bootstrap refits failed and are left out (see .errors)",
-            RuntimeWarning,
-            stacklevel=2,
+        theta, beta, sigma = frozen(core["theta"]), frozen(core["beta"]), frozen(core["sigma"])
+        names = _parameter_names(result)
+        parameters = pd.DataFrame(_parameter_rows(result, theta, beta, sigma), columns=names)
+        estimates = pd.Series(
+            _parameter_rows(
+                result,
+                np.asarray(result.theta, dtype=float)[None, :],
+                np.asarray(result.fe_params, dtype=float)[None, :],
+                np.array([result.sigma]),
+            )[0],
+            index=names,
         )
-    return BootstrapResult(
-        theta=theta,
-        beta=beta,
-        sigma=sigma,
-        converged=frozen(core["converged"], dtype=bool),
-        errors=errors,
-        parameters=parameters,
-        estimates=estimates,
-        statistics=statistics,
-        seed=seed_used,
-    )
+        statistics = parameters if statistic is None else parameters.apply(statistic, axis=1)
+        errors = tuple(core["errors"])
+        failed = sum(error is not None for error in errors)
+        if failed:
+            warnings.warn(
+                f"{failed} of {n} bootstrap refits failed and are left out (see .errors)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return BootstrapResult(
+            theta=theta,
+            beta=beta,
+            sigma=sigma,
+            converged=frozen(core["converged"], dtype=bool),
+            errors=errors,
+            parameters=parameters,
+            estimates=estimates,
+            statistics=statistics,
+            seed=seed_used,
+        )
 
 
 def bootstrap_confint(
@@ -393,44 +396,50 @@ def update(
     -------
     LmmResult
     """
-    from interlace.api import _core_model, fit
-    from interlace.results import LmmResult, fit_warnings
+    with single_threaded_blas():
+        from interlace.api import _core_model, fit
+        from interlace.results import LmmResult, fit_warnings
 
-    method = result.method if method is None else str(method).upper()
-    if response is None:
-        design = result.design
-        weights = design.weights_column
-        if weights == WEIGHTS_COLUMN and data is not None and WEIGHTS_COLUMN not in data.columns:
-            raise DataError(
-                "the fit used weights given as an array; give the new data its weights in a "
-                f"column named '{WEIGHTS_COLUMN}', or refit with interlace.fit(..., weights=...)"
+        method = result.method if method is None else str(method).upper()
+        if response is None:
+            design = result.design
+            weights = design.weights_column
+            if (
+                weights == WEIGHTS_COLUMN
+                and data is not None
+                and WEIGHTS_COLUMN not in data.columns
+            ):
+                raise DataError(
+                    "the fit used weights given as an array; give the new data its weights in a "
+                    f"column named '{WEIGHTS_COLUMN}', or refit with "
+                    "interlace.fit(..., weights=...)"
+                )
+            return fit(
+                result.formula if formula is None else formula,
+                design.frame if data is None else data,
+                method=method,
+                weights=weights,
             )
-        return fit(
-            result.formula if formula is None else formula,
-            design.frame if data is None else data,
-            method=method,
-            weights=weights,
-        )
-    if data is not None or formula is not None:
-        raise InterlaceError("give either response= or data=/formula=, not both")
-    y = np.asarray(response, dtype=np.float64).ravel()
-    if y.size != result.nobs:
-        raise InterlaceError(f"response has {y.size} values; the fit used {result.nobs} rows")
-    if not np.all(np.isfinite(y)):
-        raise InterlaceError("response has missing or infinite values")
-    design = result.design
-    frame = design.frame
-    if design.response in frame.columns:
-        frame = frame.copy()
-        frame[design.response] = y
-    y_frozen = y.copy()
-    y_frozen.flags.writeable = False
-    design = dataclasses.replace(design, y=y_frozen, frame=frame)
-    if method not in ("REML", "ML"):
-        raise InterlaceError(f"method must be 'REML' or 'ML', got {method!r}")
-    model = _core_model(design, reml=method == "REML")
-    core = model.fit(np.ascontiguousarray(result.theta, dtype=np.float64))
-    refitted = LmmResult.from_core(design, core, method)
-    for category, message in fit_warnings(refitted):
-        warnings.warn(message, category, stacklevel=3)
-    return refitted
+        if data is not None or formula is not None:
+            raise InterlaceError("give either response= or data=/formula=, not both")
+        y = np.asarray(response, dtype=np.float64).ravel()
+        if y.size != result.nobs:
+            raise InterlaceError(f"response has {y.size} values; the fit used {result.nobs} rows")
+        if not np.all(np.isfinite(y)):
+            raise InterlaceError("response has missing or infinite values")
+        design = result.design
+        frame = design.frame
+        if design.response in frame.columns:
+            frame = frame.copy()
+            frame[design.response] = y
+        y_frozen = y.copy()
+        y_frozen.flags.writeable = False
+        design = dataclasses.replace(design, y=y_frozen, frame=frame)
+        if method not in ("REML", "ML"):
+            raise InterlaceError(f"method must be 'REML' or 'ML', got {method!r}")
+        model = _core_model(design, reml=method == "REML")
+        core = model.fit(np.ascontiguousarray(result.theta, dtype=np.float64))
+        refitted = LmmResult.from_core(design, core, method)
+        for category, message in fit_warnings(refitted):
+            warnings.warn(message, category, stacklevel=3)
+        return refitted

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from interlace._threads import single_threaded_blas
 from interlace.design import as_pandas
 from interlace.exceptions import (
     ConvergenceWarning,
@@ -465,10 +466,11 @@ def fe_df(result: LmmResult) -> pd.Series:
     >>> bool((df > 0).all())
     True
     """
-    state = _varpar_covariance(result)
-    p = state.beta.size
-    values = [_contrast_t(state, np.eye(p)[j])[2] for j in range(p)]
-    return pd.Series(values, index=result.fe_params.index, dtype=float, name="df")
+    with single_threaded_blas():
+        state = _varpar_covariance(result)
+        p = state.beta.size
+        values = [_contrast_t(state, np.eye(p)[j])[2] for j in range(p)]
+        return pd.Series(values, index=result.fe_params.index, dtype=float, name="df")
 
 
 def fe_pvalues(result: LmmResult) -> pd.Series:
@@ -491,10 +493,11 @@ def fe_pvalues(result: LmmResult) -> pd.Series:
     >>> bool(((fe_pvalues(res) >= 0) & (fe_pvalues(res) <= 1)).all())
     True
     """
-    df = fe_df(result)
-    t = result.tvalues.to_numpy(dtype=float)
-    values = [_student_t_two_sided(t_j, df_j) for t_j, df_j in zip(t, df, strict=True)]
-    return pd.Series(values, index=result.fe_params.index, dtype=float, name="Pr(>|t|)")
+    with single_threaded_blas():
+        df = fe_df(result)
+        t = result.tvalues.to_numpy(dtype=float)
+        values = [_student_t_two_sided(t_j, df_j) for t_j, df_j in zip(t, df, strict=True)]
+        return pd.Series(values, index=result.fe_params.index, dtype=float, name="Pr(>|t|)")
 
 
 def _contrast_matrix(result: LmmResult, contrast: Any) -> tuple[np.ndarray, pd.Index | None]:
@@ -573,52 +576,53 @@ def contest(
     >>> bool(abs(table["F value"].iloc[0] - res.tvalues.iloc[1] ** 2) < 1e-8)
     True
     """
-    matrix, labels = _contrast_matrix(result, L)
-    k = matrix.shape[0]
-    rhs_values = np.broadcast_to(np.asarray(rhs, dtype=float), (k,)).copy()
-    if np.asarray(rhs).size not in (1, k):
-        raise InterlaceError(f"rhs must have 1 or {k} values, got {np.asarray(rhs).size}")
-    state = _varpar_covariance(result)
-    if not joint:
-        return _t_table(state, matrix, rhs_values, level, labels)
-    columns = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
-    if k == 0:
-        return pd.DataFrame(columns=columns, dtype=float)
+    with single_threaded_blas():
+        matrix, labels = _contrast_matrix(result, L)
+        k = matrix.shape[0]
+        rhs_values = np.broadcast_to(np.asarray(rhs, dtype=float), (k,)).copy()
+        if np.asarray(rhs).size not in (1, k):
+            raise InterlaceError(f"rhs must have 1 or {k} values, got {np.asarray(rhs).size}")
+        state = _varpar_covariance(result)
+        if not joint:
+            return _t_table(state, matrix, rhs_values, level, labels)
+        columns = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
+        if k == 0:
+            return pd.DataFrame(columns=columns, dtype=float)
 
-    def f_table(f_value: float, num_df: int, den_df: float) -> pd.DataFrame:
-        mean_sq = f_value * state.sigma**2
-        row = [mean_sq * num_df, mean_sq, num_df, den_df, f_value]
-        row.append(_f_upper(f_value, num_df, den_df))
-        table = pd.DataFrame([row], columns=columns)
-        return table.astype({"NumDF": int})
+        def f_table(f_value: float, num_df: int, den_df: float) -> pd.DataFrame:
+            mean_sq = f_value * state.sigma**2
+            row = [mean_sq * num_df, mean_sq, num_df, den_df, f_value]
+            row.append(_f_upper(f_value, num_df, den_df))
+            table = pd.DataFrame([row], columns=columns)
+            return table.astype({"NumDF": int})
 
-    if k == 1:
-        estimate, error, df = _contrast_t(state, matrix[0])
-        t = (estimate - rhs_values[0]) / error if error > 0 else math.nan
-        return f_table(t * t, 1, df)
-    beta = state.beta
-    if np.any(rhs_values != 0.0):
-        beta = beta - np.linalg.pinv(matrix) @ rhs_values
-    values, vectors = np.linalg.eigh(matrix @ state.beta_cov @ matrix.T)
-    values, vectors = values[::-1], vectors[:, ::-1]  # decreasing, as R's eigen
-    tolerance = max(math.sqrt(_MACHINE_EPSILON) * values[0], 0.0)
-    q = int(np.sum(values > tolerance))
-    if q < k and np.any(rhs_values != 0.0):
-        warnings.warn(
-            "the contrast matrix is rank deficient and the test may be affected",
-            InterlaceWarning,
-            stacklevel=2,
-        )
-    if q == 0:
-        return pd.DataFrame(columns=columns, dtype=float)
-    rotated = (vectors.T @ matrix)[:q]
-    if q == 1:
-        shifted = dataclasses.replace(state, beta=beta)
-        estimate, error, df = _contrast_t(shifted, rotated[0])
-        return f_table((estimate / error) ** 2, 1, df)
-    f_value = float(np.sum((rotated @ beta) ** 2 / values[:q]) / q)
-    nu = np.array([_contrast_t(state, row)[2] for row in rotated])
-    return f_table(f_value, q, _f_denominator_df(nu))
+        if k == 1:
+            estimate, error, df = _contrast_t(state, matrix[0])
+            t = (estimate - rhs_values[0]) / error if error > 0 else math.nan
+            return f_table(t * t, 1, df)
+        beta = state.beta
+        if np.any(rhs_values != 0.0):
+            beta = beta - np.linalg.pinv(matrix) @ rhs_values
+        values, vectors = np.linalg.eigh(matrix @ state.beta_cov @ matrix.T)
+        values, vectors = values[::-1], vectors[:, ::-1]  # decreasing, as R's eigen
+        tolerance = max(math.sqrt(_MACHINE_EPSILON) * values[0], 0.0)
+        q = int(np.sum(values > tolerance))
+        if q < k and np.any(rhs_values != 0.0):
+            warnings.warn(
+                "the contrast matrix is rank deficient and the test may be affected",
+                InterlaceWarning,
+                stacklevel=2,
+            )
+        if q == 0:
+            return pd.DataFrame(columns=columns, dtype=float)
+        rotated = (vectors.T @ matrix)[:q]
+        if q == 1:
+            shifted = dataclasses.replace(state, beta=beta)
+            estimate, error, df = _contrast_t(shifted, rotated[0])
+            return f_table((estimate / error) ** 2, 1, df)
+        f_value = float(np.sum((rotated @ beta) ** 2 / values[:q]) / q)
+        nu = np.array([_contrast_t(state, row)[2] for row in rotated])
+        return f_table(f_value, q, _f_denominator_df(nu))
 
 
 def _f_denominator_df(nu: np.ndarray, tolerance: float = 1e-8) -> float:
@@ -684,17 +688,18 @@ def refit_ml(result: LmmResult) -> LmmResult:
     >>> refit_ml(res).method
     'ML'
     """
-    from interlace.results import LmmResult, fit_warnings
+    with single_threaded_blas():
+        from interlace.results import LmmResult, fit_warnings
 
-    if result.method == "ML":
-        return result
-    model = _model_of(result, reml=False)
-    core = model.fit(np.ascontiguousarray(result.theta, dtype=float))
-    refitted = LmmResult.from_core(result.design, core, "ML")
-    for category, message in fit_warnings(refitted):
-        if issubclass(category, ConvergenceWarning):
-            warnings.warn(f"ML refit: {message}", category, stacklevel=3)
-    return refitted
+        if result.method == "ML":
+            return result
+        model = _model_of(result, reml=False)
+        core = model.fit(np.ascontiguousarray(result.theta, dtype=float))
+        refitted = LmmResult.from_core(result.design, core, "ML")
+        for category, message in fit_warnings(refitted):
+            if issubclass(category, ConvergenceWarning):
+                warnings.warn(f"ML refit: {message}", category, stacklevel=3)
+        return refitted
 
 
 def anova(
@@ -737,60 +742,67 @@ def anova(
     >>> list(table.index), int(table["Df"].iloc[1])
     (['m0', 'm1'], 1)
     """
-    from interlace.results import LmmResult, _unique_names
+    with single_threaded_blas():
+        from interlace.results import LmmResult, _unique_names
 
-    if len(models) < 2:
-        raise InterlaceError(
-            "anova needs two or more models to compare; for tests of one model's fixed effects "
-            "use interlace.contest(result, L)"
+        if len(models) < 2:
+            raise InterlaceError(
+                "anova needs two or more models to compare; for tests of one model's fixed effects "
+                "use interlace.contest(result, L)"
+            )
+        for model in models:
+            if not isinstance(model, LmmResult):
+                raise InputTypeError(
+                    f"anova compares LmmResult objects, not {type(model).__name__}"
+                )
+        if names is None:
+            labels = _unique_names(
+                [model.formula or f"model{i + 1}" for i, model in enumerate(models)]
+            )
+        else:
+            labels = [str(name) for name in names]
+            if len(labels) != len(models):
+                raise InterlaceError(f"{len(labels)} names for {len(models)} models")
+        sizes = {int(model.nobs) for model in models}
+        if len(sizes) > 1:
+            raise InterlaceError(
+                f"models were not all fitted to the same number of observations ({sorted(sizes)}); "
+                "a likelihood-ratio test needs the same rows"
+            )
+        responses = [np.asarray(model.design.y, dtype=float) for model in models]
+        if any(not np.array_equal(responses[0], y) for y in responses[1:]):
+            raise InterlaceError(
+                "models were fitted to different responses; they cannot be compared"
+            )
+        fits = list(models)
+        if refit and any(model.method == "REML" for model in fits):
+            warnings.warn(
+                "refitting model(s) with ML (instead of REML)", InterlaceWarning, stacklevel=2
+            )
+            fits = [refit_ml(model) for model in fits]
+        npar = [len(m.fe_params) + len(m.theta) + 1 for m in fits]
+        order = sorted(range(len(fits)), key=npar.__getitem__)
+        llf = np.array([fits[i].llf for i in order])
+        n_parameters = np.array([npar[i] for i in order])
+        chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(llf))])
+        df = np.concatenate([[np.nan], np.diff(n_parameters).astype(float)])
+        pvalue = [
+            math.nan if (math.isnan(d) or d == 0) else _chi_square_upper(c, d)
+            for c, d in zip(chisq, df, strict=True)
+        ]
+        return pd.DataFrame(
+            {
+                "npar": n_parameters,
+                "AIC": [fits[i].aic for i in order],
+                "BIC": [fits[i].bic for i in order],
+                "logLik": llf,
+                "deviance": -2.0 * llf,
+                "Chisq": chisq,
+                "Df": df,
+                "Pr(>Chisq)": pvalue,
+            },
+            index=pd.Index([labels[i] for i in order]),
         )
-    for model in models:
-        if not isinstance(model, LmmResult):
-            raise InputTypeError(f"anova compares LmmResult objects, not {type(model).__name__}")
-    if names is None:
-        labels = _unique_names([model.formula or f"model{i + 1}" for i, model in enumerate(models)])
-    else:
-        labels = [str(name) for name in names]
-        if len(labels) != len(models):
-            raise InterlaceError(f"{len(labels)} names for {len(models)} models")
-    sizes = {int(model.nobs) for model in models}
-    if len(sizes) > 1:
-        raise InterlaceError(
-            f"models were not all fitted to the same number of observations ({sorted(sizes)}); "
-            "a likelihood-ratio test needs the same rows"
-        )
-    responses = [np.asarray(model.design.y, dtype=float) for model in models]
-    if any(not np.array_equal(responses[0], y) for y in responses[1:]):
-        raise InterlaceError("models were fitted to different responses; they cannot be compared")
-    fits = list(models)
-    if refit and any(model.method == "REML" for model in fits):
-        warnings.warn(
-            "refitting model(s) with ML (instead of REML)", InterlaceWarning, stacklevel=2
-        )
-        fits = [refit_ml(model) for model in fits]
-    npar = [len(m.fe_params) + len(m.theta) + 1 for m in fits]
-    order = sorted(range(len(fits)), key=npar.__getitem__)
-    llf = np.array([fits[i].llf for i in order])
-    n_parameters = np.array([npar[i] for i in order])
-    chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(llf))])
-    df = np.concatenate([[np.nan], np.diff(n_parameters).astype(float)])
-    pvalue = [
-        math.nan if (math.isnan(d) or d == 0) else _chi_square_upper(c, d)
-        for c, d in zip(chisq, df, strict=True)
-    ]
-    return pd.DataFrame(
-        {
-            "npar": n_parameters,
-            "AIC": [fits[i].aic for i in order],
-            "BIC": [fits[i].bic for i in order],
-            "logLik": llf,
-            "deviance": -2.0 * llf,
-            "Chisq": chisq,
-            "Df": df,
-            "Pr(>Chisq)": pvalue,
-        },
-        index=pd.Index([labels[i] for i in order]),
-    )
 
 
 # --- confidence intervals ------------------------------------------------------------------------
@@ -1224,43 +1236,48 @@ def confint(
     >>> list(ci.index)[-1] == res.fe_params.index[-1]
     True
     """
-    if not isinstance(method, str) or method.lower() not in ("wald", "profile", "boot"):
-        raise InterlaceError(f"unknown confint method {method!r}: use 'wald', 'profile' or 'boot'")
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise InterlaceError(f"level must be between 0 and 1, got {level}")
-    variance_names, _ = _variance_names(result)
-    fixed_names = [str(name) for name in result.fe_params.index]
-    all_names = variance_names + fixed_names
-    if parm is None:
-        wanted = all_names
-    else:
-        requested = [parm] if isinstance(parm, str) else [str(name) for name in parm]
-        unknown = [name for name in requested if name not in all_names]
-        if unknown:
-            raise InterlaceError(f"unknown parameters {unknown}; the parameters are {all_names}")
-        wanted = [name for name in all_names if name in requested]
-    labels = _percent_labels(level)
-    z = _normal_quantile(0.5 + 0.5 * level)
-    out = pd.DataFrame(np.nan, index=pd.Index(wanted), columns=labels, dtype=float)
-    if method.lower() == "boot":
-        from interlace.bootstrap import bootstrap_confint
+    with single_threaded_blas():
+        if not isinstance(method, str) or method.lower() not in ("wald", "profile", "boot"):
+            raise InterlaceError(
+                f"unknown confint method {method!r}: use 'wald', 'profile' or 'boot'"
+            )
+        level = float(level)
+        if not 0.0 < level < 1.0:
+            raise InterlaceError(f"level must be between 0 and 1, got {level}")
+        variance_names, _ = _variance_names(result)
+        fixed_names = [str(name) for name in result.fe_params.index]
+        all_names = variance_names + fixed_names
+        if parm is None:
+            wanted = all_names
+        else:
+            requested = [parm] if isinstance(parm, str) else [str(name) for name in parm]
+            unknown = [name for name in requested if name not in all_names]
+            if unknown:
+                raise InterlaceError(
+                    f"unknown parameters {unknown}; the parameters are {all_names}"
+                )
+            wanted = [name for name in all_names if name in requested]
+        labels = _percent_labels(level)
+        z = _normal_quantile(0.5 + 0.5 * level)
+        out = pd.DataFrame(np.nan, index=pd.Index(wanted), columns=labels, dtype=float)
+        if method.lower() == "boot":
+            from interlace.bootstrap import bootstrap_confint
 
-        return bootstrap_confint(result, wanted, level, nsim=nsim, seed=seed, n_jobs=n_jobs)
-    if method.lower() == "wald":
+            return bootstrap_confint(result, wanted, level, nsim=nsim, seed=seed, n_jobs=n_jobs)
+        if method.lower() == "wald":
+            for name in wanted:
+                if name in fixed_names:
+                    estimate = float(result.fe_params[name])
+                    error = float(result.bse[name])
+                    out.loc[name] = [estimate - z * error, estimate + z * error]
+            return out
+        profiler = _Profiler(refit_ml(result))
         for name in wanted:
             if name in fixed_names:
-                estimate = float(result.fe_params[name])
-                error = float(result.bse[name])
-                out.loc[name] = [estimate - z * error, estimate + z * error]
+                out.loc[name] = profiler.fixed_interval(fixed_names.index(name), z)
+            else:
+                out.loc[name] = profiler.variance_interval(variance_names.index(name), z)
         return out
-    profiler = _Profiler(refit_ml(result))
-    for name in wanted:
-        if name in fixed_names:
-            out.loc[name] = profiler.fixed_interval(fixed_names.index(name), z)
-        else:
-            out.loc[name] = profiler.variance_interval(variance_names.index(name), z)
-    return out
 
 
 # --- prediction ----------------------------------------------------------------------------------
@@ -1349,44 +1366,49 @@ def predict(
     >>> predict(res, new).shape
     (3,)
     """
-    design = result.design
-    beta = result.fe_params.to_numpy(dtype=float)
-    fixed_names = [str(name) for name in design.fixed_names]
-    if newdata is None:
+    with single_threaded_blas():
+        design = result.design
+        beta = result.fe_params.to_numpy(dtype=float)
+        fixed_names = [str(name) for name in design.fixed_names]
+        if newdata is None:
+            if include_re:
+                return result.fittedvalues.to_numpy(dtype=float).copy()
+            return np.asarray(design.x, dtype=float) @ beta
+        data = as_pandas(newdata, "newdata")
+        specs = [design.fixed_spec] + ([term.spec for term in design.terms] if include_re else [])
+        needed: list[str] = []
+        for spec in specs:
+            needed.extend(sorted(str(v) for v in spec.required_variables))
         if include_re:
-            return result.fittedvalues.to_numpy(dtype=float).copy()
-        return np.asarray(design.x, dtype=float) @ beta
-    data = as_pandas(newdata, "newdata")
-    specs = [design.fixed_spec] + ([term.spec for term in design.terms] if include_re else [])
-    needed: list[str] = []
-    for spec in specs:
-        needed.extend(sorted(str(v) for v in spec.required_variables))
-    if include_re:
-        for term in design.terms:
-            needed.extend(term.factors)
-    needed = list(dict.fromkeys(needed))
-    available = {str(c) for c in data.columns}
-    missing_columns = [name for name in needed if name not in available]
-    if missing_columns:
-        raise DataError(
-            f"newdata has no column '{missing_columns[0]}', which the model reads"
-            + (f" (nor {missing_columns[1:]})" if len(missing_columns) > 1 else "")
+            for term in design.terms:
+                needed.extend(term.factors)
+        needed = list(dict.fromkeys(needed))
+        available = {str(c) for c in data.columns}
+        missing_columns = [name for name in needed if name not in available]
+        if missing_columns:
+            raise DataError(
+                f"newdata has no column '{missing_columns[0]}', which the model reads"
+                + (f" (nor {missing_columns[1:]})" if len(missing_columns) > 1 else "")
+            )
+        prediction = np.full(len(data), np.nan)
+        complete = (
+            ~data[needed].isna().any(axis=1).to_numpy() if needed else np.ones(len(data), bool)
         )
-    prediction = np.full(len(data), np.nan)
-    complete = ~data[needed].isna().any(axis=1).to_numpy() if needed else np.ones(len(data), bool)
-    rows = data.loc[complete].reset_index(drop=True)
-    if len(rows) == 0:
+        rows = data.loc[complete].reset_index(drop=True)
+        if len(rows) == 0:
+            return prediction
+        values = _model_matrix(design.fixed_spec, rows, fixed_names, "fixed-effects formula") @ beta
+        if include_re and design.terms:
+            modes = _model_of(result, result.method == "REML").estimates(
+                np.ascontiguousarray(result.theta, dtype=float)
+            )["b"]
+            for term, b_k in zip(design.terms, modes, strict=True):
+                z = _model_matrix(
+                    term.spec, rows, term.columns, f"random-effects term {term.label}"
+                )
+                codes = _level_codes(term, rows)
+                b_k = np.asarray(b_k, dtype=float).reshape(term.n_levels, -1)
+                seen = codes >= 0
+                values[seen] += np.sum(z[seen] * b_k[codes[seen]], axis=1)
+        prediction[complete] = values
         return prediction
-    values = _model_matrix(design.fixed_spec, rows, fixed_names, "fixed-effects formula") @ beta
-    if include_re and design.terms:
-        modes = _model_of(result, result.method == "REML").estimates(
-            np.ascontiguousarray(result.theta, dtype=float)
-        )["b"]
-        for term, b_k in zip(design.terms, modes, strict=True):
-            z = _model_matrix(term.spec, rows, term.columns, f"random-effects term {term.label}")
-            codes = _level_codes(term, rows)
-            b_k = np.asarray(b_k, dtype=float).reshape(term.n_levels, -1)
-            seen = codes >= 0
-            values[seen] += np.sum(z[seen] * b_k[codes[seen]], axis=1)
-    prediction[complete] = values
-    return prediction

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from interlace import _core
+from interlace._threads import single_threaded_blas
 from interlace.api import _core_model
 from interlace.design import _aliased_columns
 from interlace.exceptions import (
@@ -249,10 +250,11 @@ def leverage(res: LmmResult, level: int | str = 1, *, n_jobs: int | None = None)
     >>> interlace.leverage(res, level="school").shape
     (40, 4)
     """
-    res = _check_result(res)
-    lev = _resolve_level(res, level, order="levels")
-    frame = _observation_leverage(res, n_jobs)
-    return frame if lev.group is None else _group_means(frame, lev)
+    with single_threaded_blas():
+        res = _check_result(res)
+        lev = _resolve_level(res, level, order="levels")
+        frame = _observation_leverage(res, n_jobs)
+        return frame if lev.group is None else _group_means(frame, lev)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,32 +399,33 @@ def hlm_resid(
     >>> list(interlace.hlm_resid(res, level="school").columns)
     ['.ranef.intercept', '.ranef.hours']
     """
-    res = _check_result(res)
-    if not (standardize is False or standardize is True or standardize == "semi"):
-        raise InterlaceError(f"standardize must be False, True or 'semi', not {standardize!r}")
-    lev = _resolve_level(res, level)
-    design = res.design
-    if lev.group is not None:
-        return _group_residuals(res, lev, standardize is True)
+    with single_threaded_blas():
+        res = _check_result(res)
+        if not (standardize is False or standardize is True or standardize == "semi"):
+            raise InterlaceError(f"standardize must be False, True or 'semi', not {standardize!r}")
+        lev = _resolve_level(res, level)
+        design = res.design
+        if lev.group is not None:
+            return _group_residuals(res, lev, standardize is True)
 
-    state = _state(res)
-    marginal = _core.marginal_residuals(state.model, state.theta, standardize is True)
-    out = design.frame.copy()
-    if standardize is True:
-        out[".std.resid"] = np.asarray(res.resid, dtype=float) / res.sigma
-    else:
-        out[".resid"] = np.asarray(res.resid, dtype=float)
-    out[".fitted"] = np.asarray(res.fittedvalues, dtype=float)
-    if include_ls and _is_nested(res):
-        ls = _least_squares_residuals(res, standardize)
-        for column in ls.columns:
-            out[column] = ls[column].to_numpy()
-    if standardize is True:
-        out[".chol.mar.resid"] = marginal["cholesky"]
-    else:
-        out[".mar.resid"] = marginal["resid"]
-    out[".mar.fitted"] = marginal["fitted"]
-    return out
+        state = _state(res)
+        marginal = _core.marginal_residuals(state.model, state.theta, standardize is True)
+        out = design.frame.copy()
+        if standardize is True:
+            out[".std.resid"] = np.asarray(res.resid, dtype=float) / res.sigma
+        else:
+            out[".resid"] = np.asarray(res.resid, dtype=float)
+        out[".fitted"] = np.asarray(res.fittedvalues, dtype=float)
+        if include_ls and _is_nested(res):
+            ls = _least_squares_residuals(res, standardize)
+            for column in ls.columns:
+                out[column] = ls[column].to_numpy()
+        if standardize is True:
+            out[".chol.mar.resid"] = marginal["cholesky"]
+        else:
+            out[".mar.resid"] = marginal["resid"]
+        out[".mar.fitted"] = marginal["fitted"]
+        return out
 
 
 def _group_residuals(res: LmmResult, lev: _Level, standardize: bool) -> pd.DataFrame:
@@ -681,20 +684,21 @@ def hlm_influence(
     >>> [c for c in exact.columns if c.startswith("rvc")]
     ['rvc.sigma2', 'rvc.D11', 'rvc.D21', 'rvc.D22']
     """
-    types = [leverage] if isinstance(leverage, str) else list(leverage)
-    for kind in types:
-        if kind not in LEVERAGE_TYPES:
-            raise InterlaceError(
-                f"{kind!r} is not a type of leverage; use one or more of "
-                + ", ".join(repr(t) for t in LEVERAGE_TYPES)
-            )
-    lev, frame = _diagnostics(res, level, approx, n_jobs, progress)
-    lev_frame = _observation_leverage(res, n_jobs)
-    if lev.group is not None:
-        lev_frame = _group_means(lev_frame, lev)
-    for kind in types:
-        frame[f"leverage.{kind}"] = lev_frame[kind].to_numpy()
-    return frame
+    with single_threaded_blas():
+        types = [leverage] if isinstance(leverage, str) else list(leverage)
+        for kind in types:
+            if kind not in LEVERAGE_TYPES:
+                raise InterlaceError(
+                    f"{kind!r} is not a type of leverage; use one or more of "
+                    + ", ".join(repr(t) for t in LEVERAGE_TYPES)
+                )
+        lev, frame = _diagnostics(res, level, approx, n_jobs, progress)
+        lev_frame = _observation_leverage(res, n_jobs)
+        if lev.group is not None:
+            lev_frame = _group_means(lev_frame, lev)
+        for kind in types:
+            frame[f"leverage.{kind}"] = lev_frame[kind].to_numpy()
+        return frame
 
 
 def _single(
@@ -732,7 +736,8 @@ def cooks_distance(
     >>> len(interlace.cooks_distance(res)) == res.nobs
     True
     """
-    return _single("cooksd", res, level, approx, n_jobs, progress)
+    with single_threaded_blas():
+        return _single("cooksd", res, level, approx, n_jobs, progress)
 
 
 def mdffits(
@@ -761,7 +766,8 @@ def mdffits(
     >>> interlace.mdffits(res, level="school").name
     'mdffits'
     """
-    return _single("mdffits", res, level, approx, n_jobs, progress)
+    with single_threaded_blas():
+        return _single("mdffits", res, level, approx, n_jobs, progress)
 
 
 def covtrace(
@@ -789,7 +795,8 @@ def covtrace(
     >>> bool((interlace.covtrace(res) >= 0).all())
     True
     """
-    return _single("covtrace", res, level, approx, n_jobs, progress)
+    with single_threaded_blas():
+        return _single("covtrace", res, level, approx, n_jobs, progress)
 
 
 def covratio(
@@ -817,7 +824,8 @@ def covratio(
     >>> bool((interlace.covratio(res, level="school") > 0).all())
     True
     """
-    return _single("covratio", res, level, approx, n_jobs, progress)
+    with single_threaded_blas():
+        return _single("covratio", res, level, approx, n_jobs, progress)
 
 
 def rvc(
@@ -858,14 +866,16 @@ def rvc(
     >>> list(interlace.rvc(res, level="school", n_jobs=2).columns)
     ['sigma2', 'D11', 'D21', 'D22']
     """
-    if approx:
-        raise InterlaceError(
-            "rvc has no one-step approximation (it measures the change in θ, which the one-step "
-            "formulas hold fixed); use approx=False, which refits the model without each case"
-        )
-    _, frame = _diagnostics(res, level, False, n_jobs, progress)
-    out = frame[[c for c in frame.columns if c.startswith("rvc.")]]
-    return out.rename(columns=lambda c: c[len("rvc.") :])
+    with single_threaded_blas():
+        if approx:
+            raise InterlaceError(
+                "rvc has no one-step approximation (it measures the change in θ, which the "
+                "one-step formulas hold fixed); use approx=False, which refits the model without "
+                "each case"
+            )
+        _, frame = _diagnostics(res, level, False, n_jobs, progress)
+        out = frame[[c for c in frame.columns if c.startswith("rvc.")]]
+        return out.rename(columns=lambda c: c[len("rvc.") :])
 
 
 def hlm_augment(
@@ -906,11 +916,12 @@ def hlm_augment(
     >>> {".resid", "cooksd", "leverage.overall"} <= set(aug.columns)
     True
     """
-    resid = hlm_resid(res, level=level, include_ls=include_ls)
-    influence = hlm_influence(res, level=level, approx=approx, n_jobs=n_jobs, progress=progress)
-    extra = influence[[c for c in influence.columns if c not in resid.columns]]
-    if not resid.index.sort_values().equals(extra.index.sort_values()):
-        raise InterlaceError(
-            f"internal error: residuals and influence at level {level!r} index different rows"
-        )
-    return resid.join(extra)
+    with single_threaded_blas():
+        resid = hlm_resid(res, level=level, include_ls=include_ls)
+        influence = hlm_influence(res, level=level, approx=approx, n_jobs=n_jobs, progress=progress)
+        extra = influence[[c for c in influence.columns if c not in resid.columns]]
+        if not resid.index.sort_values().equals(extra.index.sort_values()):
+            raise InterlaceError(
+                f"internal error: residuals and influence at level {level!r} index different rows"
+            )
+        return resid.join(extra)

@@ -8,13 +8,17 @@
 # A revision is a git commit or WORKTREE (the work tree as it is). Each is built (release, the
 # "python" feature) into /tmp/interlace-compare/<name>; cases are benches/cases.py names, or
 # ml / reml for the two InstEval cases. Prints the median, lower quartile and minimum per build.
+# BLAS runs on one thread (OMP_NUM_THREADS=1 etc.) unless COMPARE_BLAS=default, which leaves
+# the environment as it is (numpy's BLAS then starts a thread per core, as for most users).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$repo/.venv/bin/python}"
 root=/tmp/interlace-compare
 a=$1 b=$2 rounds=$3 fits=$4
 shift 4
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+if [ "${COMPARE_BLAS:-one}" != default ]; then
+    export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+fi
 
 build() {
     local rev=$1 name=$2 src

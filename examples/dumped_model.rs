@@ -90,6 +90,23 @@ fn main() {
         // DUMPED_OBJECTIVE_ONLY=1: stop after the objective's timings (a profile of the θ loop alone).
         return;
     }
+    if std::env::var_os("DUMPED_ESTIMATES_ONLY").is_some() {
+        // DUMPED_ESTIMATES_ONLY=1: the estimates as interlace.fit forms them (no conditional
+        // covariances), alternating with one objective, `reps` times each.
+        let (mut est, mut obj) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let t = Instant::now();
+            model.estimates_with(&theta, false).unwrap();
+            est.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            model.objective(&theta).unwrap();
+            obj.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        est.sort_by(f64::total_cmp);
+        obj.sort_by(f64::total_cmp);
+        println!("estimates without conditional covariances: median {:.2} ms; objective {:.2} ms", est[reps / 2], obj[reps / 2]);
+        return;
+    }
     let mut times = Vec::new();
     let mut objective = 0.0;
     for _ in 0..reps.clamp(1, 10) {

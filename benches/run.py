@@ -10,7 +10,7 @@ Each case runs in its own subprocess (this script again, with ``--worker``), so 
 resident set size reported, from ``os.wait4``'s rusage of that child, is the case's own: data,
 design, factor and Python itself. The child builds the data (a fixture CSV or a seeded
 generator), does one small untimed warm-up fit (imports, formulaic's first use), then times
-``interlace.fit`` ``--repeat`` times (``inner`` times more for the sleepstudy case) and reports
+``interlace.fit`` ``--repeat`` times (``inner`` times more for the two small cases) and reports
 the median. ``evals`` is ``res.optimization.n_evals``, the BOBYQA evaluations; ``ms/eval`` is the
 whole fit time divided by it, an upper bound, since the fit also builds the design and the
 crossproduct and evaluates the objective 2·n_θ more times for its gradient check (and

@@ -57,6 +57,26 @@ def test_a_fit_runs_blas_on_one_thread_and_restores_the_callers_setting(
     assert set(_blas_threads()) == {2}
 
 
+def test_conditional_covariances_formed_later_run_blas_on_one_thread(
+    two_blas_threads, monkeypatch
+) -> None:
+    # interlace.fit leaves the modes' conditional covariances to their first read, which
+    # builds the core model again.
+    res = interlace.fit(FORMULA, _frame())
+    seen: list[list[int]] = []
+    core_model = api._core_model
+
+    def spying_core_model(*args, **kwargs):
+        seen.append(_blas_threads())
+        return core_model(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_core_model", spying_core_model)
+    standard_errors = res.random_effects_se["g"]
+    assert seen == [[1] * len(seen[0])]
+    assert set(_blas_threads()) == {2}
+    assert np.all(np.isfinite(standard_errors.to_numpy())) and len(standard_errors) == 12
+
+
 def test_concurrent_fits_restore_the_callers_setting(two_blas_threads) -> None:
     frame = _frame()
     with ThreadPoolExecutor(max_workers=4) as pool:

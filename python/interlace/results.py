@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from interlace._threads import single_threaded_blas
 from interlace.exceptions import ConvergenceWarning, InterlaceError, SingularFitWarning
 
 __all__ = ["LmmResult", "OptimizationRecord", "Summary", "fit_warnings"]
@@ -433,9 +434,10 @@ class LmmResult:
             return self._arrays.b_cond_cov
         from interlace.api import _core_model  # api imports this module
 
-        core = _core_model(self.design, reml=self.method == "REML").estimates(
-            np.ascontiguousarray(self.theta, dtype=np.float64)
-        )
+        with single_threaded_blas():
+            core = _core_model(self.design, reml=self.method == "REML").estimates(
+                np.ascontiguousarray(self.theta, dtype=np.float64)
+            )
         blocks = list(core["b_cond_cov"])
         if len(blocks) != len(self.design.terms):
             raise InterlaceError(
